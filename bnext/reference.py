@@ -21,6 +21,8 @@ Validation here is deliberately light (the fast API checks everything); the
 reference checks only what it needs to compute a meaningful answer.
 """
 
+import functools
+
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_index
 
@@ -48,6 +50,15 @@ def _as_float64_param(value, n_channels, default):
     return np.asarray(value, dtype=np.float64).reshape(n_channels)
 
 
+def _quiet_nonfinite(function):
+    """NaN and Inf are data, not errors: let them propagate without warnings."""
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with np.errstate(invalid="ignore", over="ignore"):
+            return function(*args, **kwargs)
+    return wrapper
+
+
 def _store(result, dtype, out):
     """Cast a float64 result to `dtype`, writing it into `out` when given."""
     if out is None:
@@ -56,6 +67,7 @@ def _store(result, dtype, out):
     return out
 
 
+@_quiet_nonfinite
 def batch_norm_train(x, weight=None, bias=None, *, axis=1, eps=1e-5,
                      running_mean=None, running_var=None, momentum=0.1,
                      out=None):
@@ -148,6 +160,7 @@ def batch_norm_train(x, weight=None, bias=None, *, axis=1, eps=1e-5,
     return _store(y, dtype, out), mean.astype(dtype), invstd.astype(dtype)
 
 
+@_quiet_nonfinite
 def batch_norm_eval(x, running_mean, running_var, weight=None, bias=None, *,
                     axis=1, eps=1e-5, out=None):
     """Inference-mode batch normalization with given (running) statistics.
@@ -198,6 +211,7 @@ def batch_norm_eval(x, running_mean, running_var, weight=None, bias=None, *,
     return _store(y, dtype, out)
 
 
+@_quiet_nonfinite
 def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None):
     """Training-mode gradients of batch normalization.
 
