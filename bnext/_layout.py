@@ -1,0 +1,68 @@
+"""How an N-d array with a channel axis becomes the (outer, C, inner) strided view the kernels take."""
+
+import math
+
+import numpy as np
+
+
+def kernel_view(arr, axis):
+    """A no-copy (outer, C, inner) view of `arr`, or None when its strides cannot be merged that way.
+
+    outer is the product of the axes before the channel axis, inner of those after it. With a single
+    channel and inner == 1 the view is turned to (1, 1, outer) so the kernels see one long run.
+    """
+    shape = arr.shape
+    n_channels = shape[axis]
+    outer = math.prod(shape[:axis])
+    inner = math.prod(shape[axis + 1:])
+    try:
+        view = arr.reshape((outer, n_channels, inner), copy=False)
+    except ValueError:
+        return None
+    if inner == 1 and n_channels == 1:
+        view = view.transpose(2, 1, 0)
+    return view
+
+
+def readable_view(arr, axis):
+    """The kernel view of an input; strides that cannot be merged are copied to C order first."""
+    view = kernel_view(arr, axis)
+    if view is None:
+        view = kernel_view(np.ascontiguousarray(arr), axis)
+    return view
+
+
+def same_memory_layout(a, b):
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.strides == b.strides)
+
+
+class Output:
+    """The array a kernel writes, and its kernel view.
+
+    Without `out`, a new array in x's memory order. With `out`, its own memory, unless its strides cannot be
+    viewed as (outer, C, inner) or it overlaps an input other than exactly (in-place): then the kernel
+    writes a scratch array that `finish` copies into `out`.
+    """
+
+    def __init__(self, out, like, axis, inputs):
+        self.out = out
+        self.scratch = None
+        if out is None:
+            self.array = np.empty_like(like)
+            self.view = kernel_view(self.array, axis)
+            if self.view is None:
+                self.array = np.empty(like.shape, like.dtype)
+                self.view = kernel_view(self.array, axis)
+            return
+        self.array = out
+        self.view = kernel_view(out, axis)
+        aliased = any(np.may_share_memory(out, a) and not same_memory_layout(out, a) for a in inputs)
+        if self.view is None or aliased:
+            self.scratch = np.empty(like.shape, like.dtype)
+            self.view = kernel_view(self.scratch, axis)
+
+    def finish(self):
+        if self.scratch is not None:
+            np.copyto(self.out, self.scratch)
+        return self.array

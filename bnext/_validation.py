@@ -1,0 +1,113 @@
+"""Argument checks at the API boundary: every error a user can see is raised here, before anything is written."""
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(name, value):
+    """`value` as a float32 or float64 ndarray the kernels can read (no copy for a usable ndarray)."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    else:
+        if value is None or isinstance(value, (str, bytes, dict, set)):
+            raise TypeError(f"{name} must be a float32 or float64 array, got {type(value).__name__}")
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:  # ragged lists, objects that refuse conversion...
+            raise TypeError(f"{name} must be a float32 or float64 array, got {type(value).__name__}") from exc
+    dtype = arr.dtype
+    if dtype.kind == "f" and dtype.itemsize in (4, 8) and not dtype.isnative:
+        arr = arr.astype(dtype.newbyteorder("="))  # byte-swapped data: the kernels read native floats
+    elif dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got {dtype}")
+    if not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
+        arr = arr.copy()  # the kernels index in whole elements
+    return arr
+
+
+def batch_input(name, value):
+    arr = float_array(name, value)
+    if arr.ndim < 2:
+        raise ValueError(f"{name} must have at least 2 dimensions (N, C, ...), got shape {arr.shape}")
+    return arr
+
+
+def channel_axis(axis, ndim):
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for x with ndim {ndim}")
+    return axis % ndim
+
+
+def channel_vector(name, value, n_channels, *, required=False):
+    """A per-channel parameter as a float64 array of shape (C,), or None when it is optional and absent."""
+    if value is None:
+        if required:
+            raise TypeError(f"{name} must be a float32 or float64 array of shape ({n_channels},), got None")
+        return None
+    arr = float_array(name, value)
+    if arr.shape != (n_channels,):
+        raise ValueError(f"{name} must have shape ({n_channels},), got {arr.shape}")
+    return arr.astype(np.float64, copy=False)
+
+
+def running_buffer(name, value, n_channels):
+    """A running statistic updated in place: a writeable float ndarray of shape (C,), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array (it is updated in place), got {type(value).__name__}")
+    if value.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got {value.dtype}")
+    if value.shape != (n_channels,):
+        raise ValueError(f"{name} must have shape ({n_channels},), got {value.shape}")
+    if not value.flags.writeable:
+        raise ValueError(f"{name} is read-only: running statistics are updated in place")
+    return value
+
+
+def out_array(out, like, name="out"):
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+    if out.dtype != like.dtype:
+        raise TypeError(f"{name} must have dtype {like.dtype}, got {out.dtype}")
+    if out.shape != like.shape:
+        raise ValueError(f"{name} must have shape {like.shape}, got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def real_number(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def positive_finite(name, value):
+    value = real_number(name, value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def finite(name, value):
+    value = real_number(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def same_shape(name, arr, like):
+    if arr.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of x {like.shape}, got {arr.shape}")

@@ -1,0 +1,241 @@
+"""Batch normalization: training forward, inference forward and training backward.
+
+Every function validates all of its arguments first, then hands (outer, C, inner) views to the Cython
+kernels in ``bnext._batch_norm``. Statistics are accumulated in double; the returned mean/invstd are in x's
+dtype.
+"""
+
+import math
+
+import numpy as np
+
+from . import _batch_norm as kernels
+from . import _validation as check
+from ._layout import Output, readable_view
+from ._threads import get_num_threads
+
+_LAYOUT_NOTE = """
+    Any strides are accepted (views, negative or zero strides, Fortran order, read-only arrays). Arrays
+    whose axes before and after the channel axis cannot each be merged into one strided axis (for example
+    some transposed views of 4-D data) are first copied to C order; contiguous NCHW and channels-last
+    data are never copied."""
+
+
+def _values_per_channel(shape, axis):
+    return math.prod(shape[:axis] + shape[axis + 1:])
+
+
+def _check_training_batch(x, axis):
+    m = _values_per_channel(x.shape, axis)
+    if m == 1 and x.shape[axis] > 0:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {x.shape}"
+        )
+    return m
+
+
+def _affine(invstd, weight, bias, n_channels):
+    scale = invstd if weight is None else invstd * weight
+    shift = np.zeros(n_channels) if bias is None else bias
+    return scale, shift
+
+
+def _update_running(buffer, batch_value, momentum):
+    if buffer is not None:
+        buffer[...] = (1.0 - momentum) * buffer + momentum * batch_value
+
+
+def _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out):
+    """The training forward with float64 statistics: (y, mean, invstd)."""
+    x = check.batch_input("x", x)
+    axis = check.channel_axis(axis, x.ndim)
+    n_channels = x.shape[axis]
+    weight = check.channel_vector("weight", weight, n_channels)
+    bias = check.channel_vector("bias", bias, n_channels)
+    eps = check.positive_finite("eps", eps)
+    momentum = check.finite("momentum", momentum)
+    running_mean = check.running_buffer("running_mean", running_mean, n_channels)
+    running_var = check.running_buffer("running_var", running_var, n_channels)
+    out = check.out_array(out, x)
+    m = _check_training_batch(x, axis)
+
+    target = Output(out, x, axis, [x])
+    mean = np.zeros(n_channels)
+    var = np.zeros(n_channels)
+    if m == 0 or n_channels == 0:
+        # Nothing to normalize: y is empty and the running statistics have seen no batch.
+        return target.finish(), mean, 1.0 / np.sqrt(var + eps)
+    x_view = readable_view(x, axis)
+    n_threads = get_num_threads()
+    kernels.batch_stats(x_view, mean, var, n_threads)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale, shift = _affine(invstd, weight, bias, n_channels)
+    kernels.normalize(x_view, mean, scale, shift, target.view, n_threads)
+    _update_running(running_mean, mean, momentum)
+    _update_running(running_var, var * (m / (m - 1)), momentum)
+    return target.finish(), mean, invstd
+
+
+def batch_norm_train(x, weight=None, bias=None, *, axis=1, eps=1e-5, running_mean=None,
+                     running_var=None, momentum=0.1, out=None):
+    """Normalize x with its own batch statistics (training mode).
+
+    Parameters
+    ----------
+    x : array of shape (N, C, ...) (or channels at `axis`), float32 or float64
+    weight, bias : arrays of shape (C,), optional
+        Scale (gamma) and shift (beta); None means 1 and 0.
+    axis : int, default 1
+        The channel axis: 1 for NCHW, -1 for channels-last.
+    eps : float, default 1e-5
+        Added to the variance inside the square root.
+    running_mean, running_var : float arrays of shape (C,), optional
+        Updated in place: ``new = (1 - momentum) * old + momentum * batch``, with the unbiased batch
+        variance for running_var (PyTorch's convention).
+    momentum : float, default 0.1
+    out : array of x's shape and dtype, optional
+        Where y is written; may be x itself (the statistics are complete before anything is written).
+
+    Returns
+    -------
+    y : array of x's shape and dtype
+    mean, invstd : arrays of shape (C,) in x's dtype
+        The batch mean and 1 / sqrt(biased variance + eps), as saved for `batch_norm_backward`.
+    {layout}
+
+    Examples
+    --------
+    >>> import numpy as np, bnext
+    >>> x = np.array([[1.0], [2.0], [3.0], [4.0]])
+    >>> y, mean, invstd = bnext.batch_norm_train(x, np.array([2.0]), np.array([1.0]))
+    >>> np.round(y.ravel(), 3)
+    array([-1.683,  0.106,  1.894,  3.683])
+    """
+    y, mean, invstd = _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out)
+    return y, mean.astype(y.dtype), invstd.astype(y.dtype)
+
+
+def batch_norm_eval(x, running_mean, running_var, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
+    """Normalize x with given (running) statistics (inference mode).
+
+    Parameters
+    ----------
+    x : array of shape (N, C, ...) (or channels at `axis`), float32 or float64
+    running_mean, running_var : arrays of shape (C,)
+    weight, bias : arrays of shape (C,), optional
+    axis : int, default 1
+    eps : float, default 1e-5
+    out : array of x's shape and dtype, optional; may be x itself.
+
+    Returns
+    -------
+    y : array of x's shape and dtype
+        ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``, with the mean subtracted first.
+    {layout}
+
+    Examples
+    --------
+    >>> import numpy as np, bnext
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> bnext.batch_norm_eval(x, np.array([2.0, 20.0]), np.array([1.0, 100.0]), eps=1e-12)
+    array([[-1., -1.],
+           [ 1.,  1.]])
+    """
+    x = check.batch_input("x", x)
+    axis = check.channel_axis(axis, x.ndim)
+    n_channels = x.shape[axis]
+    running_mean = check.channel_vector("running_mean", running_mean, n_channels, required=True)
+    running_var = check.channel_vector("running_var", running_var, n_channels, required=True)
+    weight = check.channel_vector("weight", weight, n_channels)
+    bias = check.channel_vector("bias", bias, n_channels)
+    eps = check.positive_finite("eps", eps)
+    out = check.out_array(out, x)
+
+    target = Output(out, x, axis, [x])
+    if x.size == 0:
+        return target.finish()
+    invstd = 1.0 / np.sqrt(running_var + eps)
+    scale, shift = _affine(invstd, weight, bias, n_channels)
+    kernels.normalize(readable_view(x, axis), running_mean, scale, shift, target.view, get_num_threads())
+    return target.finish()
+
+
+def _backward(dy, x, mean, invstd, weight, axis, out, batch_stats=True):
+    """Gradients with float64 dweight/dbias: (dx, dweight, dbias).
+
+    With batch_stats (training mode) mean and invstd depend on x; otherwise (eval mode) they are
+    constants and dx = dy * weight * invstd.
+    """
+    x = check.batch_input("x", x)
+    dy = check.float_array("dy", dy)
+    check.same_shape("dy", dy, x)
+    axis = check.channel_axis(axis, x.ndim)
+    n_channels = x.shape[axis]
+    mean = check.channel_vector("mean", mean, n_channels, required=True)
+    invstd = check.channel_vector("invstd", invstd, n_channels, required=True)
+    weight = check.channel_vector("weight", weight, n_channels)
+    out = check.out_array(out, x)
+    dy = dy.astype(x.dtype, copy=False)
+
+    target = Output(out, x, axis, [x, dy])
+    sum_dy = np.zeros(n_channels)
+    sum_dy_xmu = np.zeros(n_channels)
+    m = _values_per_channel(x.shape, axis)
+    if m == 0 or n_channels == 0:
+        return target.finish(), sum_dy_xmu, sum_dy
+    x_view = readable_view(x, axis)
+    dy_view = readable_view(dy, axis)
+    n_threads = get_num_threads()
+    kernels.gradient_sums(dy_view, x_view, mean, sum_dy, sum_dy_xmu, n_threads)
+    dbias = sum_dy
+    dweight = sum_dy_xmu * invstd
+    k = invstd if weight is None else weight * invstd
+    if batch_stats:
+        # dx = k / m * (m * dy - dbias - x_hat * dweight), expanded per channel into dy, x - mean and 1 terms.
+        coef_x, coef_1 = -k * invstd * dweight / m, -k * dbias / m
+    else:
+        coef_x = coef_1 = np.zeros(n_channels)
+    kernels.input_gradient(dy_view, x_view, mean, k, coef_x, coef_1, target.view, n_threads)
+    return target.finish(), dweight, dbias
+
+
+def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None):
+    """Gradients of `batch_norm_train` from its saved mean and invstd.
+
+    Parameters
+    ----------
+    dy : array of x's shape
+        Gradient of the loss with respect to y (cast to x's dtype if needed).
+    x : array of shape (N, C, ...) (or channels at `axis`), float32 or float64
+        The forward input.
+    mean, invstd : arrays of shape (C,)
+        As returned by `batch_norm_train`. float64 values give the most exact gradients for float32 data
+        whose mean is large compared to its spread.
+    weight : array of shape (C,), optional
+    axis : int, default 1
+    out : array of x's shape and dtype, optional
+        Where dx is written; may be dy or x itself.
+
+    Returns
+    -------
+    dx : array of x's shape and dtype
+        ``weight * invstd / m * (m * dy - dbias - x_hat * dweight)`` with m values per channel.
+    dweight, dbias : arrays of shape (C,) in x's dtype
+        ``sum(dy * x_hat)`` and ``sum(dy)`` per channel, accumulated in double in one fused pass.
+    {layout}
+
+    Examples
+    --------
+    >>> import numpy as np, bnext
+    >>> x = np.array([[1.0], [2.0], [3.0], [4.0]])
+    >>> y, mean, invstd = bnext.batch_norm_train(x)
+    >>> dx, dweight, dbias = bnext.batch_norm_backward(np.ones_like(x), x, mean, invstd)
+    >>> dbias, np.abs(dx).max() < 1e-12
+    (array([4.]), np.True_)
+    """
+    dx, dweight, dbias = _backward(dy, x, mean, invstd, weight, axis, out)
+    return dx, dweight.astype(dx.dtype), dbias.astype(dx.dtype)
+
+
+for _function in (batch_norm_train, batch_norm_eval, batch_norm_backward):
+    _function.__doc__ = _function.__doc__.replace("{layout}", _LAYOUT_NOTE)

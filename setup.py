@@ -1,0 +1,105 @@
+"""Build bnext's Cython kernels, with OpenMP when the compiler has it.
+
+Environment switches:
+- BNEXT_OPENMP=0/1: force OpenMP off, or require it (the build fails if the probe fails).
+- BNEXT_DEBUG=1: turn Cython's boundscheck/wraparound back on and build without optimisation.
+"""
+
+import os
+import sys
+import tempfile
+import textwrap
+import warnings
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+DEBUG = os.environ.get("BNEXT_DEBUG", "0") == "1"
+
+# Compiler directives live here, not in per-file headers.
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+OPENMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return n > 0 ? 0 : 1;
+    }
+    """
+)
+
+
+def openmp_flags(compiler_type):
+    """Compile and link flags that turn OpenMP on for this compiler."""
+    if compiler_type == "msvc":
+        return ["/openmp"], []
+    if sys.platform == "darwin":
+        return ["-Xpreprocessor", "-fopenmp"], ["-lomp"]
+    return ["-fopenmp"], ["-fopenmp"]
+
+
+class BuildExtWithOpenMP(build_ext):
+    """build_ext that probes OpenMP by compiling a tiny program before building the kernels."""
+
+    def _openmp_works(self, compile_flags, link_flags):
+        with tempfile.TemporaryDirectory() as tmp:
+            source = os.path.join(tmp, "probe.c")
+            with open(source, "w") as f:
+                f.write(OPENMP_PROBE)
+            try:
+                objects = self.compiler.compile([source], output_dir=tmp, extra_postargs=compile_flags)
+                self.compiler.link_executable(
+                    objects, os.path.join(tmp, "probe"), extra_postargs=link_flags
+                )
+            except Exception:  # any compiler/linker failure means "no OpenMP here"
+                return False
+        return True
+
+    def build_extensions(self):
+        wanted = os.environ.get("BNEXT_OPENMP", "auto")
+        compile_flags, link_flags = openmp_flags(self.compiler.compiler_type)
+        use_openmp = wanted != "0" and self._openmp_works(compile_flags, link_flags)
+        if wanted == "1" and not use_openmp:
+            raise RuntimeError("BNEXT_OPENMP=1 but the compiler cannot build an OpenMP program")
+        if not use_openmp and wanted != "0":
+            warnings.warn("OpenMP not available: bnext is built single-threaded", stacklevel=1)
+        optimise = ["/O2"] if self.compiler.compiler_type == "msvc" else ["-O0" if DEBUG else "-O3"]
+        for ext in self.extensions:
+            ext.extra_compile_args += optimise + (compile_flags if use_openmp else [])
+            ext.extra_link_args += link_flags if use_openmp else []
+            ext.define_macros.append(("BNEXT_OPENMP", "1" if use_openmp else "0"))
+        super().build_extensions()
+
+
+def extension(name, source):
+    return Extension(
+        name,
+        [source],
+        include_dirs=[numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_2_0_API_VERSION")],
+    )
+
+
+setup(
+    ext_modules=cythonize(
+        [
+            extension("bnext._batch_norm", "src/_batch_norm.pyx"),
+            extension("bnext._openmp", "src/_openmp.pyx"),
+        ],
+        include_path=["src"],
+        compiler_directives=DIRECTIVES,
+    ),
+    cmdclass={"build_ext": BuildExtWithOpenMP},
+)

@@ -1,0 +1,369 @@
+"""Batch-norm kernels over strided 3-D views (outer, C, inner).
+
+The Python layer has checked everything and hands over (outer, C, inner) views of every array: outer is the
+product of the axes before the channel axis, inner of those after it. Each kernel picks its traversal from the
+shape alone, never from the thread count:
+- channel-major (inner > 1, or C == 1): each channel is cut into blocks by a BlockPlan (_moments.pxd);
+  the threads share out (channel, block) items.
+- channel-minor (inner == 1, C > 1, e.g. channels-last): blocks are groups of whole rows of C channels,
+  so the innermost loop runs over channels with independent per-channel accumulators.
+Reductions write one partial per block and merge them per channel in block order: the result is bitwise the
+same for any number of threads.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+
+from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_merge, make_plan,
+                       merge_blocks, plan_block, run_gradient_sums)
+
+
+cdef inline bint channel_minor(Py_ssize_t C, Py_ssize_t n_inner) noexcept nogil:
+    return n_inner == 1 and C > 1
+
+
+cdef inline Py_ssize_t minor_rows_per_block(Py_ssize_t C) noexcept nogil:
+    # About BLOCK elements per block, but at least 8 rows so the per-block merge cost stays small.
+    return max(8, BLOCK // C)
+
+
+cdef void* checked_malloc(size_t n_bytes) except NULL:
+    cdef void* p = malloc(n_bytes if n_bytes > 0 else 1)
+    if p == NULL:
+        raise MemoryError(f"bnext could not allocate {n_bytes} bytes of scratch space")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Elementwise runs shared by both traversals.
+
+cdef inline void affine_run(const floating* x, Py_ssize_t xs, floating* y, Py_ssize_t ys, Py_ssize_t n,
+                            floating hi, floating lo, floating scale, floating shift) noexcept nogil:
+    # (x - hi) - lo subtracts the double mean split into two floatings: x - hi is exact when x is near the
+    # mean, so |mean| >> std loses nothing (x * a + b would cancel catastrophically).
+    cdef Py_ssize_t i
+    if xs == 1 and ys == 1:
+        for i in range(n):
+            y[i] = ((x[i] - hi) - lo) * scale + shift
+    else:
+        for i in range(n):
+            y[i * ys] = ((x[i * xs] - hi) - lo) * scale + shift
+
+
+cdef inline void dx_run(const floating* dy, Py_ssize_t dys, const floating* x, Py_ssize_t xs,
+                        floating* dx, Py_ssize_t dxs, Py_ssize_t n, floating hi, floating lo,
+                        floating coef_dy, floating coef_x, floating coef_1) noexcept nogil:
+    cdef Py_ssize_t i
+    if dys == 1 and xs == 1 and dxs == 1:
+        for i in range(n):
+            dx[i] = coef_dy * dy[i] + (coef_x * ((x[i] - hi) - lo) + coef_1)
+    else:
+        for i in range(n):
+            dx[i * dxs] = coef_dy * dy[i * dys] + (coef_x * ((x[i * xs] - hi) - lo) + coef_1)
+
+
+cdef void split_mean(const double* mean, Py_ssize_t C, floating* hi, floating* lo) noexcept nogil:
+    # hi + lo == mean to about 2**-48 relative in float32; in float64 lo is exactly 0.
+    cdef Py_ssize_t c
+    for c in range(C):
+        hi[c] = <floating>mean[c]
+        lo[c] = <floating>(mean[c] - <double>hi[c])
+
+
+cdef void to_floating(const double* src, Py_ssize_t C, floating* dst) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(C):
+        dst[c] = <floating>src[c]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics. Memory passes: one over x (a block's second pass hits L1).
+
+def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var_out, int n_threads):
+    """Per-channel mean and biased variance of x, accumulated in double."""
+    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
+    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
+    cdef const floating* px = &x[0, 0, 0]
+    cdef BlockPlan plan
+    cdef Moments* parts
+    cdef Moments merged
+    cdef double* minor_mean
+    cdef double* minor_m2
+    cdef Block b
+    cdef Py_ssize_t per, item, c, R, n_blocks, k, r0
+    if channel_minor(C, n_inner):
+        R = minor_rows_per_block(C)
+        n_blocks = (n_outer + R - 1) // R
+        minor_mean = <double*>checked_malloc(n_blocks * C * sizeof(double))
+        minor_m2 = <double*>checked_malloc(n_blocks * C * sizeof(double))
+        try:
+            with nogil:
+                for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                    r0 = k * R
+                    minor_block_moments(px + r0 * so, min(R, n_outer - r0), so, C, sc,
+                                        minor_mean + k * C, minor_m2 + k * C)
+                for c in prange(C, num_threads=n_threads, schedule="static"):
+                    merged = minor_merge(minor_mean + c, minor_m2 + c, C, n_blocks, R, n_outer)
+                    mean_out[c] = merged.mean
+                    var_out[c] = merged.m2 / merged.count
+        finally:
+            free(minor_mean)
+            free(minor_m2)
+        return
+    plan = make_plan(n_outer, n_inner)
+    per = plan.per_channel
+    parts = <Moments*>checked_malloc(C * per * sizeof(Moments))
+    try:
+        with nogil:
+            for item in prange(C * per, num_threads=n_threads, schedule="static"):
+                c = item // per
+                b = plan_block(&plan, item % per)
+                parts[item] = block_moments(px + c * sc + b.row_start * so + b.inner_start * si,
+                                            b.n_rows, so, b.n_inner, si)
+            for c in prange(C, num_threads=n_threads, schedule="static"):
+                merged = merge_blocks(parts + c * per, per)
+                mean_out[c] = merged.mean
+                var_out[c] = merged.m2 / merged.count
+    finally:
+        free(parts)
+
+
+cdef inline void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t C,
+                                     Py_ssize_t sc, double* mean, double* m2) noexcept nogil:
+    # Two passes over n_rows rows of C channels; the loops over c are independent per channel.
+    cdef Py_ssize_t r, c
+    cdef const floating* row
+    cdef double d
+    for c in range(C):
+        mean[c] = 0.0
+        m2[c] = 0.0
+    for r in range(n_rows):
+        row = x + r * so
+        for c in range(C):
+            mean[c] += row[c * sc]
+    for c in range(C):
+        mean[c] = mean[c] / n_rows
+    for r in range(n_rows):
+        row = x + r * so
+        for c in range(C):
+            d = row[c * sc] - mean[c]
+            m2[c] += d * d
+
+
+cdef inline Moments minor_merge(const double* mean, const double* m2, Py_ssize_t stride, Py_ssize_t n_blocks,
+                                Py_ssize_t rows_per_block, Py_ssize_t n_outer) noexcept nogil:
+    """Chan-merge one channel's per-block moments (stored every `stride` doubles) in block order."""
+    cdef Moments acc
+    cdef Py_ssize_t k
+    acc.count = 0.0
+    acc.mean = 0.0
+    acc.m2 = 0.0
+    for k in range(n_blocks):
+        chan_merge(&acc.count, &acc.mean, &acc.m2,
+                   <double>min(rows_per_block, n_outer - k * rows_per_block), mean[k * stride], m2[k * stride])
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Normalization: y = ((x - mean_hi) - mean_lo) * scale + shift per channel. Memory passes: read x, write y.
+
+def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::1] scale,
+              const double[::1] shift, floating[:, :, :] y_out, int n_threads):
+    """y_out = (x - mean) * scale + shift per channel; y_out may be x itself."""
+    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
+    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t yo = y_out.strides[0] // sizeof(floating), yc = y_out.strides[1] // sizeof(floating)
+    cdef Py_ssize_t yi = y_out.strides[2] // sizeof(floating)
+    cdef const floating* px = &x[0, 0, 0]
+    cdef floating* py = &y_out[0, 0, 0]
+    cdef floating* coef = <floating*>checked_malloc(4 * C * sizeof(floating))
+    cdef floating* hi = coef
+    cdef floating* lo = coef + C
+    cdef floating* scale_f = coef + 2 * C
+    cdef floating* shift_f = coef + 3 * C
+    cdef BlockPlan plan
+    cdef Block b
+    cdef Py_ssize_t per, item, c, r, R, n_blocks, k, r0
+    try:
+        with nogil:
+            split_mean(&mean[0], C, hi, lo)
+            to_floating(&scale[0], C, scale_f)
+            to_floating(&shift[0], C, shift_f)
+            if channel_minor(C, n_inner):
+                R = minor_rows_per_block(C)
+                n_blocks = (n_outer + R - 1) // R
+                for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                    r0 = k * R
+                    minor_affine(px + r0 * so, so, sc, py + r0 * yo, yo, yc, min(R, n_outer - r0), C,
+                                 hi, lo, scale_f, shift_f)
+            else:
+                plan = make_plan(n_outer, n_inner)
+                per = plan.per_channel
+                for item in prange(C * per, num_threads=n_threads, schedule="static"):
+                    c = item // per
+                    b = plan_block(&plan, item % per)
+                    for r in range(b.row_start, b.row_start + b.n_rows):
+                        affine_run(px + c * sc + r * so + b.inner_start * si, si,
+                                   py + c * yc + r * yo + b.inner_start * yi, yi, b.n_inner,
+                                   hi[c], lo[c], scale_f[c], shift_f[c])
+    finally:
+        free(coef)
+
+
+cdef inline void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, floating* y, Py_ssize_t yo,
+                              Py_ssize_t yc, Py_ssize_t n_rows, Py_ssize_t C, const floating* hi,
+                              const floating* lo, const floating* scale, const floating* shift) noexcept nogil:
+    cdef Py_ssize_t r, c
+    cdef const floating* xr
+    cdef floating* yr
+    for r in range(n_rows):
+        xr = x + r * so
+        yr = y + r * yo
+        if sc == 1 and yc == 1:
+            for c in range(C):
+                yr[c] = ((xr[c] - hi[c]) - lo[c]) * scale[c] + shift[c]
+        else:
+            for c in range(C):
+                yr[c * yc] = ((xr[c * sc] - hi[c]) - lo[c]) * scale[c] + shift[c]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backward. Memory passes: read dy and x once for the two sums, then read dy, x and write dx.
+
+def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const double[::1] mean,
+                  double[::1] sum_dy_out, double[::1] sum_dy_xmu_out, int n_threads):
+    """Per channel: sum(dy) and sum(dy * (x - mean)), fused in one pass, accumulated in double."""
+    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
+    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t go = dy.strides[0] // sizeof(floating), gc = dy.strides[1] // sizeof(floating)
+    cdef Py_ssize_t gi = dy.strides[2] // sizeof(floating)
+    cdef const floating* px = &x[0, 0, 0]
+    cdef const floating* pg = &dy[0, 0, 0]
+    cdef BlockPlan plan
+    cdef Block b
+    cdef double* parts
+    cdef Py_ssize_t per, item, c, r, R, n_blocks, k, r0
+    if channel_minor(C, n_inner):
+        R = minor_rows_per_block(C)
+        n_blocks = (n_outer + R - 1) // R
+        parts = <double*>checked_malloc(2 * n_blocks * C * sizeof(double))
+        try:
+            with nogil:
+                for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                    r0 = k * R
+                    minor_gradient_sums(pg + r0 * go, go, gc, px + r0 * so, so, sc, min(R, n_outer - r0), C,
+                                        &mean[0], parts + 2 * k * C, parts + (2 * k + 1) * C)
+                for c in prange(C, num_threads=n_threads, schedule="static"):
+                    sum_dy_out[c] = ordered_sum(parts + c, 2 * C, n_blocks)
+                    sum_dy_xmu_out[c] = ordered_sum(parts + C + c, 2 * C, n_blocks)
+        finally:
+            free(parts)
+        return
+    plan = make_plan(n_outer, n_inner)
+    per = plan.per_channel
+    parts = <double*>checked_malloc(2 * C * per * sizeof(double))
+    try:
+        with nogil:
+            for item in prange(C * per, num_threads=n_threads, schedule="static"):
+                c = item // per
+                b = plan_block(&plan, item % per)
+                parts[2 * item] = 0.0
+                parts[2 * item + 1] = 0.0
+                for r in range(b.row_start, b.row_start + b.n_rows):
+                    run_gradient_sums(pg + c * gc + r * go + b.inner_start * gi, gi,
+                                      px + c * sc + r * so + b.inner_start * si, si, b.n_inner, mean[c],
+                                      parts + 2 * item, parts + 2 * item + 1)
+            for c in prange(C, num_threads=n_threads, schedule="static"):
+                sum_dy_out[c] = ordered_sum(parts + 2 * c * per, 2, per)
+                sum_dy_xmu_out[c] = ordered_sum(parts + 2 * c * per + 1, 2, per)
+    finally:
+        free(parts)
+
+
+cdef inline double ordered_sum(const double* p, Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
+    cdef double s = 0.0
+    cdef Py_ssize_t k
+    for k in range(n):
+        s += p[k * stride]
+    return s
+
+
+cdef inline void minor_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc,
+                                     const floating* x, Py_ssize_t so, Py_ssize_t sc,
+                                     Py_ssize_t n_rows, Py_ssize_t C, const double* mean,
+                                     double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    cdef Py_ssize_t r, c
+    cdef double g
+    for c in range(C):
+        sum_dy[c] = 0.0
+        sum_dy_xmu[c] = 0.0
+    for r in range(n_rows):
+        for c in range(C):
+            g = dy[r * go + c * gc]
+            sum_dy[c] += g
+            sum_dy_xmu[c] += g * (x[r * so + c * sc] - mean[c])
+
+
+def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const double[::1] mean,
+                   const double[::1] coef_dy, const double[::1] coef_x, const double[::1] coef_1,
+                   floating[:, :, :] dx_out, int n_threads):
+    """dx_out = coef_dy * dy + coef_x * (x - mean) + coef_1 per channel; dx_out may be dy or x itself."""
+    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
+    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t go = dy.strides[0] // sizeof(floating), gc = dy.strides[1] // sizeof(floating)
+    cdef Py_ssize_t gi = dy.strides[2] // sizeof(floating)
+    cdef Py_ssize_t do = dx_out.strides[0] // sizeof(floating), dc = dx_out.strides[1] // sizeof(floating)
+    cdef Py_ssize_t di = dx_out.strides[2] // sizeof(floating)
+    cdef const floating* px = &x[0, 0, 0]
+    cdef const floating* pg = &dy[0, 0, 0]
+    cdef floating* pd = &dx_out[0, 0, 0]
+    cdef floating* coef = <floating*>checked_malloc(5 * C * sizeof(floating))
+    cdef floating* hi = coef
+    cdef floating* lo = coef + C
+    cdef floating* a = coef + 2 * C
+    cdef floating* bx = coef + 3 * C
+    cdef floating* b1 = coef + 4 * C
+    cdef BlockPlan plan
+    cdef Block b
+    cdef Py_ssize_t per, item, c, r, R, n_blocks, k, r0
+    try:
+        with nogil:
+            split_mean(&mean[0], C, hi, lo)
+            to_floating(&coef_dy[0], C, a)
+            to_floating(&coef_x[0], C, bx)
+            to_floating(&coef_1[0], C, b1)
+            if channel_minor(C, n_inner):
+                R = minor_rows_per_block(C)
+                n_blocks = (n_outer + R - 1) // R
+                for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                    r0 = k * R
+                    minor_dx(pg + r0 * go, go, gc, px + r0 * so, so, sc, pd + r0 * do, do, dc,
+                             min(R, n_outer - r0), C, hi, lo, a, bx, b1)
+            else:
+                plan = make_plan(n_outer, n_inner)
+                per = plan.per_channel
+                for item in prange(C * per, num_threads=n_threads, schedule="static"):
+                    c = item // per
+                    b = plan_block(&plan, item % per)
+                    for r in range(b.row_start, b.row_start + b.n_rows):
+                        dx_run(pg + c * gc + r * go + b.inner_start * gi, gi,
+                               px + c * sc + r * so + b.inner_start * si, si,
+                               pd + c * dc + r * do + b.inner_start * di, di, b.n_inner,
+                               hi[c], lo[c], a[c], bx[c], b1[c])
+    finally:
+        free(coef)
+
+
+cdef inline void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x, Py_ssize_t so,
+                          Py_ssize_t sc, floating* dx, Py_ssize_t do, Py_ssize_t dc, Py_ssize_t n_rows,
+                          Py_ssize_t C, const floating* hi, const floating* lo, const floating* a,
+                          const floating* bx, const floating* b1) noexcept nogil:
+    cdef Py_ssize_t r, c
+    for r in range(n_rows):
+        for c in range(C):
+            dx[r * do + c * dc] = a[c] * dy[r * go + c * gc] + (bx[c] * ((x[r * so + c * sc] - hi[c]) - lo[c]) + b1[c])

@@ -1,0 +1,185 @@
+# Accumulation core shared by every kernel: per-block moments and Chan's merge.
+#
+# A block is a small rectangle of one channel's data (a few rows of the batch, or a chunk of one long row).
+# Its moments are exact-ish two-pass moments (sum for the mean, then squared deviations about that mean),
+# which is cheap because the block is still in L1 for the second pass. Blocks are then merged with Chan's
+# formula in a fixed order, so the result never depends on which thread computed which block.
+
+from cython cimport floating
+
+cdef enum:
+    # Elements per block: two passes over it must hit L1 (4096 float64 = 32 KiB).
+    BLOCK = 4096
+
+
+cdef struct Moments:
+    double count
+    double mean
+    double m2
+
+
+cdef struct Block:
+    Py_ssize_t row_start
+    Py_ssize_t n_rows
+    Py_ssize_t inner_start
+    Py_ssize_t n_inner
+
+
+cdef struct BlockPlan:
+    # How one channel's (n_outer x n_inner) slice is cut into blocks. Depends on the shape only, never on the
+    # thread count: this is what makes every reduction order thread-count independent.
+    Py_ssize_t n_outer
+    Py_ssize_t n_inner
+    Py_ssize_t rows_per_block
+    Py_ssize_t chunks_per_row
+    Py_ssize_t chunk
+    Py_ssize_t per_channel
+
+
+cdef inline BlockPlan make_plan(Py_ssize_t n_outer, Py_ssize_t n_inner) noexcept nogil:
+    cdef BlockPlan plan
+    plan.n_outer = n_outer
+    plan.n_inner = n_inner
+    if n_inner >= BLOCK:
+        # Long rows: cut each row into equal chunks of at most BLOCK elements.
+        plan.rows_per_block = 1
+        plan.chunks_per_row = (n_inner + BLOCK - 1) // BLOCK
+        plan.chunk = (n_inner + plan.chunks_per_row - 1) // plan.chunks_per_row
+        plan.per_channel = n_outer * plan.chunks_per_row
+    else:
+        # Short rows: group whole rows until the block holds about BLOCK elements.
+        plan.rows_per_block = BLOCK // n_inner
+        plan.chunks_per_row = 1
+        plan.chunk = n_inner
+        plan.per_channel = (n_outer + plan.rows_per_block - 1) // plan.rows_per_block
+    return plan
+
+
+cdef inline Block plan_block(const BlockPlan* plan, Py_ssize_t j) noexcept nogil:
+    """The j-th block of a channel, in the fixed merge order (batch-major, then inner chunks)."""
+    cdef Block b
+    b.row_start = (j // plan.chunks_per_row) * plan.rows_per_block
+    b.n_rows = min(plan.rows_per_block, plan.n_outer - b.row_start)
+    b.inner_start = (j % plan.chunks_per_row) * plan.chunk
+    b.n_inner = min(plan.chunk, plan.n_inner - b.inner_start)
+    return b
+
+
+cdef inline void chan_merge(double* count, double* mean, double* m2,
+                            double count_b, double mean_b, double m2_b) noexcept nogil:
+    """Merge the moments (count_b, mean_b, m2_b) of a block into the running (count, mean, m2).
+
+    Chan, Golub and LeVeque's pairwise update: the mean moves by a weighted delta and M2 gains the block's
+    M2 plus the between-group term. An empty running state takes the block as it is, so a first block
+    with Inf/NaN is carried over unchanged instead of meeting 0 * inf.
+    """
+    cdef double total, delta
+    if count_b == 0:
+        return
+    if count[0] == 0:
+        count[0] = count_b
+        mean[0] = mean_b
+        m2[0] = m2_b
+        return
+    total = count[0] + count_b
+    delta = mean_b - mean[0]
+    mean[0] = mean[0] + delta * (count_b / total)
+    m2[0] = m2[0] + m2_b + delta * delta * (count[0] / total) * count_b
+    count[0] = total
+
+
+cdef inline Moments merge_blocks(const Moments* parts, Py_ssize_t n) noexcept nogil:
+    """Chan-merge n block moments in index order."""
+    cdef Moments acc
+    cdef Py_ssize_t j
+    acc.count = 0.0
+    acc.mean = 0.0
+    acc.m2 = 0.0
+    for j in range(n):
+        chan_merge(&acc.count, &acc.mean, &acc.m2, parts[j].count, parts[j].mean, parts[j].m2)
+    return acc
+
+
+cdef inline double run_sum(const floating* p, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+    # Four independent accumulators: a fixed association the compiler may vectorize without -ffast-math.
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
+    cdef Py_ssize_t i, n4 = n - n % 4
+    if stride == 1:
+        for i in range(0, n4, 4):
+            s0 += p[i]
+            s1 += p[i + 1]
+            s2 += p[i + 2]
+            s3 += p[i + 3]
+        for i in range(n4, n):
+            s0 += p[i]
+    else:
+        for i in range(n):
+            s0 += p[i * stride]
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline double run_squared_deviations(const floating* p, Py_ssize_t n, Py_ssize_t stride,
+                                          double center) noexcept nogil:
+    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, d0, d1, d2, d3
+    cdef Py_ssize_t i, n4 = n - n % 4
+    if stride == 1:
+        for i in range(0, n4, 4):
+            d0 = p[i] - center
+            d1 = p[i + 1] - center
+            d2 = p[i + 2] - center
+            d3 = p[i + 3] - center
+            s0 += d0 * d0
+            s1 += d1 * d1
+            s2 += d2 * d2
+            s3 += d3 * d3
+        for i in range(n4, n):
+            d0 = p[i] - center
+            s0 += d0 * d0
+    else:
+        for i in range(n):
+            d0 = p[i * stride] - center
+            s0 += d0 * d0
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef inline Moments block_moments(const floating* p, Py_ssize_t n_rows, Py_ssize_t row_stride,
+                                  Py_ssize_t n_inner, Py_ssize_t inner_stride) noexcept nogil:
+    """Two-pass moments of an (n_rows x n_inner) strided block that fits in L1."""
+    cdef Moments m
+    cdef Py_ssize_t r
+    cdef double total = 0.0
+    m.count = <double>(n_rows * n_inner)
+    for r in range(n_rows):
+        total += run_sum(p + r * row_stride, n_inner, inner_stride)
+    m.mean = total / m.count
+    m.m2 = 0.0
+    for r in range(n_rows):
+        m.m2 += run_squared_deviations(p + r * row_stride, n_inner, inner_stride, m.mean)
+    return m
+
+
+cdef inline void run_gradient_sums(const floating* dy, Py_ssize_t dy_stride,
+                                   const floating* x, Py_ssize_t x_stride, Py_ssize_t n,
+                                   double center, double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    """Add sum(dy) and sum(dy * (x - center)) over one strided run, accumulating in double."""
+    cdef double a0 = 0.0, a1 = 0.0, b0 = 0.0, b1 = 0.0, g0, g1
+    cdef Py_ssize_t i, n2 = n - n % 2
+    if dy_stride == 1 and x_stride == 1:
+        for i in range(0, n2, 2):
+            g0 = dy[i]
+            g1 = dy[i + 1]
+            a0 += g0
+            a1 += g1
+            b0 += g0 * (x[i] - center)
+            b1 += g1 * (x[i + 1] - center)
+        for i in range(n2, n):
+            g0 = dy[i]
+            a0 += g0
+            b0 += g0 * (x[i] - center)
+    else:
+        for i in range(n):
+            g0 = dy[i * dy_stride]
+            a0 += g0
+            b0 += g0 * (x[i * x_stride] - center)
+    sum_dy[0] += a0 + a1
+    sum_dy_xmu[0] += b0 + b1
