@@ -137,8 +137,11 @@ def batch_norm_train(x, weight=None, bias=None, *, axis=1, eps=1e-5,
         mean = np.zeros(n_channels)
         var = np.zeros(n_channels)
     else:
-        # Two passes: the mean, then the mean squared deviation from it.
-        mean = x64.sum(axis=reduce_axes) / m
+        # Two passes: the mean, then the mean squared deviation from it. The
+        # mean is taken of the data shifted by each channel's first value, so
+        # a constant channel has exactly its value as mean and 0 as variance.
+        first = x64[tuple(slice(None) if i == axis else 0 for i in range(x.ndim))]
+        mean = first + (x64 - first.reshape(param_shape)).sum(axis=reduce_axes) / m
         centered = x64 - mean.reshape(param_shape)
         var = (centered * centered).sum(axis=reduce_axes) / m
     invstd = 1.0 / np.sqrt(var + eps)

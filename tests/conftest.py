@@ -309,6 +309,15 @@ def assert_running_close(fast_params, ref_params, old_params, what=""):
         assert_close(fast_params[key], expected, dtype=expected.dtype, scale=scale, what=f"{what} {key}")
 
 
+def assert_within(actual, expected, atol, what=""):
+    """|actual - expected| <= atol elementwise (atol may be an array)."""
+    error = np.abs(np.asarray(actual, dtype=np.float64) - np.asarray(expected, dtype=np.float64))
+    bad = ~(error <= atol)
+    assert not np.any(bad), (
+        f"{what}: {np.count_nonzero(bad)} entries out of tolerance: actual {np.asarray(actual)[bad]}, "
+        f"expected {np.asarray(expected)[bad]}, atol {np.broadcast_to(atol, error.shape)[bad]}")
+
+
 def bitwise_equal(a, b):
     """True when two float arrays hold the same bits (NaN payloads included)."""
     a = np.ascontiguousarray(a)
