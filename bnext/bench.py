@@ -1,0 +1,426 @@
+"""``python -m bnext bench`` (also installed as ``bnext-bench``): bnext against NumPy, PyTorch and a copy.
+
+For every case (op x shape x dtype x layout x threads) it times bnext, the NumPy reference
+(`bnext.reference`), PyTorch's CPU kernels when torch is importable, and a copy of an array of x's
+size, all in this one process, then prints a table per op:
+
+- ``bnext``: median time of one call; ``GB/s``: the bytes the op must move (x read and y written;
+  backward also reads dy) divided by that time.
+- ``vs ref`` / ``vs torch``: how many times faster bnext is (their time / bnext's time).
+- ``/copy``: bnext's time / the copy's time, where 1.0 is the memory roofline. The copy is
+  ``np.copyto`` into a preallocated array; at more than one thread it is the faster of that and the
+  same copy cut into slabs on that many Python threads (NumPy itself copies on one thread).
+
+Timing: one warmup call, then the median of ``--repeat`` runs measured with ``time.perf_counter``;
+calls shorter than a millisecond are looped within a run. The reference runs on one thread whatever
+the thread count, so it is timed once per input and reused across thread counts.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import bnext
+from bnext._bench_cases import (
+    DTYPES,
+    FULL_SHAPES,
+    LAYOUTS,
+    OPS,
+    QUICK_SHAPES,
+    format_shape,
+    load_torch,
+    make_call,
+    make_cases,
+    make_inputs,
+    parse_shape,
+    thread_count,
+)
+
+OP_TITLES = {
+    "train": "train forward (y, mean, invstd; running stats updated)",
+    "eval": "eval forward (y from running stats)",
+    "backward": "backward (dx, dweight, dbias)",
+}
+MIN_RUN_SECONDS = 1e-3
+
+
+def measure(function, repeat, min_run_seconds=MIN_RUN_SECONDS):
+    """Median seconds per call of ``function()``: one warmup call, then ``repeat`` timed runs.
+
+    A run loops the call enough times to last ``min_run_seconds`` (timer resolution and loop overhead
+    stay negligible for microsecond calls); large calls run once per run.
+    """
+    start = time.perf_counter()
+    function()
+    warmup = time.perf_counter() - start
+    number = 1
+    if warmup < min_run_seconds:
+        number = min(10_000, math.ceil(min_run_seconds / max(warmup, 1e-7)))
+    per_call = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            function()
+        per_call.append((time.perf_counter() - start) / number)
+    return statistics.median(per_call)
+
+
+@dataclass
+class Result:
+    case: object
+    seconds: dict = field(default_factory=dict)  # implementation -> median seconds per call
+
+    def ratio(self, numerator, denominator):
+        if numerator not in self.seconds or denominator not in self.seconds:
+            return None
+        return self.seconds[numerator] / self.seconds[denominator]
+
+    @property
+    def gb_per_s(self):
+        return self.case.bytes_moved / self.seconds["bnext"] / 1e9
+
+    @property
+    def speedup_vs_reference(self):
+        return self.ratio("reference", "bnext")
+
+    @property
+    def speedup_vs_torch(self):
+        return self.ratio("torch", "bnext")
+
+    @property
+    def copy_ratio(self):
+        return self.ratio("bnext", "copy")
+
+    def to_json(self):
+        case = self.case
+        return {
+            "op": case.op,
+            "shape": list(case.shape),
+            "layout": case.layout,
+            "dtype": case.dtype,
+            "threads": case.threads,
+            "bytes_moved": case.bytes_moved,
+            "seconds": dict(self.seconds),
+            "gb_per_s": self.gb_per_s,
+            "speedup_vs_reference": self.speedup_vs_reference,
+            "speedup_vs_torch": self.speedup_vs_torch,
+            "copy_ratio": self.copy_ratio,
+        }
+
+
+class Progress:
+    """One status line on stderr: rewritten in place on a terminal, a line per case otherwise."""
+
+    def __init__(self, total, stream=None):
+        self.total, self.stream = total, stream if stream is not None else sys.stderr
+        self.in_place = self.stream.isatty()
+        self.width = 0
+        self.last_index = None
+
+    def show(self, index, text):
+        line = f"[{index:>{len(str(self.total))}}/{self.total}] {text}"
+        if self.in_place:
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+        elif index != self.last_index:  # in a log file, one line per case is enough
+            self.stream.write(line + "\n")
+        self.last_index = index
+        self.stream.flush()
+
+    def close(self):
+        if self.in_place and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+
+
+def run_cases(cases, *, repeat, with_torch, preallocate_out=False, progress=None):
+    """Time every implementation of every case; return a list of `Result` in the order of ``cases``."""
+    with_backward = any(case.op == "backward" for case in cases)
+    reference_seconds = {}  # (op, data_key) -> seconds: NumPy runs on one thread at any count
+    inputs, inputs_key = None, None
+    results = []
+    for index, case in enumerate(cases, 1):
+        if case.data_key != inputs_key:
+            inputs = None  # free the previous arrays before building the next ones
+            inputs, inputs_key = make_inputs(case, with_backward=with_backward), case.data_key
+        result = Result(case)
+        impls = ["bnext", "reference"] + (["torch"] if with_torch else []) + ["copy"]
+        if case.threads > 1:
+            impls.append("copy-threaded")
+        with thread_count(case.threads):
+            for impl in impls:
+                if progress is not None:
+                    progress.show(index, f"{case.op} {case.label}: {impl}")
+                if impl == "reference" and (case.op, case.data_key) in reference_seconds:
+                    result.seconds[impl] = reference_seconds[case.op, case.data_key]
+                    continue
+                call = make_call(impl, case, inputs, preallocate_out=preallocate_out)
+                result.seconds[impl] = measure(call, repeat)
+                if impl == "reference":
+                    reference_seconds[case.op, case.data_key] = result.seconds[impl]
+        if "copy-threaded" in result.seconds:
+            # The roofline is the best copy available at this thread count.
+            result.seconds["copy"] = min(result.seconds["copy"], result.seconds.pop("copy-threaded"))
+        results.append(result)
+    if progress is not None:
+        progress.close()
+    return results
+
+
+def format_seconds(seconds):
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}" if seconds / scale < 100 else f"{seconds / scale:.0f} {unit}"
+    return f"{seconds / 1e-9:.0f} ns"
+
+
+def geometric_mean(values):
+    values = [value for value in values if value is not None]
+    return math.exp(sum(math.log(value) for value in values) / len(values)) if values else None
+
+
+def format_table(op, results, with_torch):
+    """The table of one op as a string; a last row gives the geometric means of the ratio columns."""
+    columns = ["shape", "layout", "dtype", "threads", "bnext", "GB/s", "vs ref"]
+    columns += ["vs torch"] if with_torch else []
+    columns += ["/copy"]
+    rows = []
+    for result in results:
+        case = result.case
+        row = [format_shape(case.shape), case.layout, case.dtype, str(case.threads),
+               format_seconds(result.seconds["bnext"]), f"{result.gb_per_s:.1f}",
+               f"{result.speedup_vs_reference:.1f}x"]
+        if with_torch:
+            row.append(f"{result.speedup_vs_torch:.2f}x")
+        row.append(f"{result.copy_ratio:.2f}")
+        rows.append(row)
+    summary = ["geometric mean", "", "", "", "", "",
+               f"{geometric_mean(r.speedup_vs_reference for r in results):.1f}x"]
+    if with_torch:
+        summary.append(f"{geometric_mean(r.speedup_vs_torch for r in results):.2f}x")
+    summary.append(f"{geometric_mean(r.copy_ratio for r in results):.2f}")
+    widths = [max(len(row[i]) for row in [columns] + rows + [summary]) for i in range(len(columns))]
+    left_aligned = {"shape", "layout", "dtype"}
+
+    def render(row):
+        cells = [cell.ljust(width) if name in left_aligned else cell.rjust(width)
+                 for name, cell, width in zip(columns, row, widths)]
+        return "  ".join(cells).rstrip()
+
+    rule = "-" * len(render(columns))
+    lines = [OP_TITLES[op], rule, render(columns), rule]
+    lines += [render(row) for row in rows]
+    lines += [rule, render(summary)]
+    return "\n".join(lines)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads):
+    torch = load_torch()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "bnext": bnext.__version__,
+        "bnext_default_threads": bnext.get_num_threads(),
+        "torch_default_threads": torch.get_num_threads() if torch is not None else None,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "threads_measured": list(threads),
+    }
+
+
+def describe_machine(info):
+    torch = f"torch {info['torch']}" if info["torch"] else "torch not installed"
+    lines = [f"bnext {info['bnext']} | numpy {info['numpy']} | {torch} | python {info['python']}",
+             f"{info['cpu_model']}, {info['usable_cpus']} usable CPUs | "
+             f"threads measured: {', '.join(map(str, info['threads_measured']))}"]
+    load = info["load_average_1min"]
+    if load is not None and load > 0.5:
+        # Multi-threaded kernels wait at barriers for every thread: a busy core skews them most.
+        lines.append(f"note: load average {load:.1f} - other processes are running; timings will be noisy")
+    return "\n".join(lines)
+
+
+def write_plot(path, results, with_torch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = [op for op in OPS if any(r.case.op == op for r in results)]
+    figure, axes = plt.subplots(len(ops), 1, figsize=(max(8, 0.45 * len(results) / len(ops) + 3),
+                                                       3.2 * len(ops)), squeeze=False)
+    series = [("vs NumPy reference", "speedup_vs_reference")]
+    series += [("vs torch", "speedup_vs_torch")] if with_torch else []
+    for axis, op in zip(axes[:, 0], ops):
+        op_results = [r for r in results if r.case.op == op]
+        positions = np.arange(len(op_results))
+        bar_width = 0.8 / len(series)
+        for i, (label, attribute) in enumerate(series):
+            axis.bar(positions + (i - (len(series) - 1) / 2) * bar_width,
+                     [getattr(r, attribute) for r in op_results], bar_width, label=label)
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        axis.set_yscale("log")
+        axis.set_ylabel("bnext speedup (x)")
+        axis.set_title(OP_TITLES[op])
+        axis.set_xticks(positions)
+        axis.set_xticklabels([r.case.label for r in op_results], rotation=60, ha="right", fontsize=7)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _comma_list(choices):
+    def parse(text):
+        values = [value.strip().lower() for value in text.split(",") if value.strip()]
+        bad = [value for value in values if value not in choices]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice {','.join(bad) or text!r} (choose from {', '.join(choices)})")
+        return values
+    return parse
+
+
+def _threads_list(text):
+    try:
+        values = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"invalid thread counts {text!r}: positive integers, e.g. 1,2")
+    return sorted(set(values))
+
+
+def _shapes_list(text):
+    try:
+        return [parse_shape(value) for value in text.split(",") if value.strip()] or [parse_shape(text)]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def build_parser(prog=None):
+    parser = argparse.ArgumentParser(
+        prog=prog or "bnext-bench",
+        description="Time bnext's batch-norm kernels against the NumPy reference, PyTorch (when "
+                    "installed) and a plain copy; print a table per op.",
+        epilog="Defaults: all of issue 3's shapes, float32 and float64, nchw and nhwc, threads 1 and "
+               "all cores. Shapes are logical N x C x spatial; nhwc stores channels last (axis=-1).",
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a few shapes ({', '.join(map(format_shape, QUICK_SHAPES))}) in float32: "
+                             "seconds; explicit options still apply")
+    parser.add_argument("--threads", type=_threads_list, metavar="N[,N...]",
+                        help="thread counts (default: 1 and bnext's default, all cores)")
+    parser.add_argument("--dtype", type=_comma_list(DTYPES), metavar="|".join(DTYPES),
+                        help="comma-separated dtypes (default: both; float32 with --quick)")
+    parser.add_argument("--layout", type=_comma_list(LAYOUTS), metavar="|".join(LAYOUTS),
+                        help="comma-separated layouts (default: both; 2-D shapes have one layout, 'nc')")
+    parser.add_argument("--shapes", type=_shapes_list, metavar="SHAPE[,SHAPE...]",
+                        help="e.g. 32x64x56x56,256x1024")
+    parser.add_argument("--ops", type=_comma_list(OPS), metavar="|".join(OPS),
+                        help="comma-separated ops (default: all)")
+    parser.add_argument("--repeat", type=_positive_int, default=5, metavar="N",
+                        help="timed runs per measurement, the median is reported (default: 5)")
+    parser.add_argument("--out", action="store_true",
+                        help="pass a preallocated out= to bnext (time the kernel without allocating "
+                             "y/dx; torch and the reference still allocate)")
+    parser.add_argument("--json", metavar="FILE", help="also write results and machine info as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of speedups (needs matplotlib)")
+    return parser
+
+
+def resolve_settings(args):
+    """What to run: the explicit options, else the --quick choices, else everything."""
+    return {
+        "ops": args.ops or list(OPS),
+        "shapes": args.shapes or list(QUICK_SHAPES if args.quick else FULL_SHAPES),
+        "dtypes": args.dtype or (["float32"] if args.quick else list(DTYPES)),
+        "layouts": args.layout or list(LAYOUTS),
+        "threads": args.threads or sorted({1, bnext.get_num_threads()}),
+        "repeat": args.repeat,
+        "preallocated_out": args.out,
+    }
+
+
+def main(argv=None, prog=None):
+    """Entry point of ``python -m bnext bench`` and ``bnext-bench``; returns the exit status."""
+    args = build_parser(prog).parse_args(argv)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("error: --plot needs matplotlib, which is not installed "
+                  "(pip install matplotlib); nothing was run", file=sys.stderr)
+            return 2
+    settings = resolve_settings(args)
+    ops, shapes, dtypes, layouts, threads = (
+        settings[key] for key in ("ops", "shapes", "dtypes", "layouts", "threads"))
+    with_torch = load_torch() is not None
+
+    info = machine_info(threads)
+    print(describe_machine(info))
+    cases = make_cases(ops, shapes, dtypes, layouts, threads)
+    results = run_cases(cases, repeat=args.repeat, with_torch=with_torch,
+                        preallocate_out=args.out, progress=Progress(len(cases)))
+
+    note = (f"median of {args.repeat} runs; vs ref / vs torch = how many times faster bnext is; "
+            f"/copy = bnext time / copy time")
+    print(note + ("; bnext given out=" if args.out else "") + ("" if with_torch else "; torch not installed"))
+    for op in ops:
+        print()
+        print(format_table(op, [r for r in results if r.case.op == op], with_torch))
+
+    if args.json:
+        report = {
+            "command": " ".join([prog or "bnext-bench"] + list(sys.argv[1:] if argv is None else argv)),
+            "machine": info,
+            "settings": dict(settings, shapes=[list(shape) for shape in shapes]),
+            "results": [result.to_json() for result in results],
+        }
+        with open(args.json, "w") as stream:
+            json.dump(report, stream, indent=2)
+            stream.write("\n")
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        write_plot(args.plot, results, with_torch)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
