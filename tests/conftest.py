@@ -310,12 +310,14 @@ def assert_running_close(fast_params, ref_params, old_params, what=""):
 
 
 def assert_within(actual, expected, atol, what=""):
-    """|actual - expected| <= atol elementwise (atol may be an array)."""
-    error = np.abs(np.asarray(actual, dtype=np.float64) - np.asarray(expected, dtype=np.float64))
-    bad = ~(error <= atol)
+    """|actual - expected| <= atol elementwise (expected and atol may broadcast)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.broadcast_to(np.asarray(expected, dtype=np.float64), actual.shape)
+    atol = np.broadcast_to(atol, actual.shape)
+    bad = ~(np.abs(actual - expected) <= atol)
     assert not np.any(bad), (
-        f"{what}: {np.count_nonzero(bad)} entries out of tolerance: actual {np.asarray(actual)[bad]}, "
-        f"expected {np.asarray(expected)[bad]}, atol {np.broadcast_to(atol, error.shape)[bad]}")
+        f"{what}: {np.count_nonzero(bad)} entries out of tolerance: actual {actual[bad]}, "
+        f"expected {expected[bad]}, atol {atol[bad]}")
 
 
 def bitwise_equal(a, b):
