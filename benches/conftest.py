@@ -81,3 +81,21 @@ def bench_call(case, impl, bench_inputs):
     """A zero-argument callable running ``impl`` on ``case``, with bnext and torch at case.threads."""
     with cases.thread_count(case.threads):
         yield cases.make_call(impl, case, bench_inputs)
+
+
+_throughput = {}  # group -> {implementation: GB/s}, filled only when benchmarks are timed
+
+
+@pytest.fixture
+def record_throughput(case, impl):
+    """Call with the GB/s of this benchmark; the terminal summary lists them per group."""
+    return lambda gb_per_s: _throughput.setdefault(case.group, {}).__setitem__(impl, gb_per_s)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _throughput:
+        return
+    terminalreporter.section("throughput (GB/s of the bytes each op must move)")
+    for group, by_impl in _throughput.items():
+        cells = ", ".join(f"{impl} {gb_per_s:.1f}" for impl, gb_per_s in by_impl.items())
+        terminalreporter.write_line(f"{group}: {cells}")

@@ -5,7 +5,7 @@ implementations print next to each other. The parameters and inputs come from ``
 """
 
 
-def test_batch_norm(benchmark, case, impl, bench_call):
+def test_batch_norm(benchmark, case, impl, bench_call, record_throughput):
     benchmark.group = case.group
     # A copy moves 2 arrays of x's size whatever the op; the ops move what Case.bytes_moved says.
     bytes_moved = case.copy_bytes if impl.startswith("copy") else case.bytes_moved
@@ -16,3 +16,4 @@ def test_batch_norm(benchmark, case, impl, bench_call):
     benchmark(bench_call)
     if benchmark.stats is not None:  # None under --benchmark-disable: the call ran once, untimed
         benchmark.extra_info["GB/s"] = bytes_moved / benchmark.stats.stats.median / 1e9
+        record_throughput(benchmark.extra_info["GB/s"])

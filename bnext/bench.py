@@ -270,6 +270,7 @@ def write_plot(path, results, with_torch):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     ops = [op for op in OPS if any(r.case.op == op for r in results)]
     figure, axes = plt.subplots(len(ops), 1, figsize=(max(8, 0.45 * len(results) / len(ops) + 3),
@@ -285,6 +286,8 @@ def write_plot(path, results, with_torch):
                      [getattr(r, attribute) for r in op_results], bar_width, label=label)
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+        axis.yaxis.set_minor_formatter(NullFormatter())
         axis.set_ylabel("bnext speedup (x)")
         axis.set_title(OP_TITLES[op])
         axis.set_xticks(positions)
