@@ -3,9 +3,14 @@
 Environment switches:
 - BNEXT_OPENMP=0/1: force OpenMP off, or require it (the build fails if the probe fails).
 - BNEXT_DEBUG=1: turn Cython's boundscheck/wraparound back on and build without optimisation.
+- BNEXT_SIMD_BUILDS=0: build only the baseline kernels (no AVX2 / AVX-512 variants).
+
+The kernels are built for baseline x86-64 and, on x86-64 with GCC or Clang, again for AVX2 + FMA and for
+AVX-512; bnext._dispatch picks the best one the CPU runs at import time. No -march=native anywhere.
 """
 
 import os
+import platform
 import sys
 import tempfile
 import textwrap
@@ -39,6 +44,20 @@ OPENMP_PROBE = textwrap.dedent(
     }
     """
 )
+
+
+# Extra flags per kernel build. -ffp-contract=off everywhere: no FMA contraction, so every build rounds
+# exactly like the baseline one and results are bitwise identical whichever build runs.
+SIMD_FLAGS = {
+    "bnext._batch_norm": [],
+    "bnext._batch_norm_avx2": ["-mavx2", "-mfma"],
+    "bnext._batch_norm_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
+}
+
+
+def simd_builds_possible():
+    machine = platform.machine().lower()
+    return os.environ.get("BNEXT_SIMD_BUILDS", "1") != "0" and machine in ("x86_64", "amd64")
 
 
 def openmp_flags(compiler_type):
@@ -75,9 +94,13 @@ class BuildExtWithOpenMP(build_ext):
             raise RuntimeError("BNEXT_OPENMP=1 but the compiler cannot build an OpenMP program")
         if not use_openmp and wanted != "0":
             warnings.warn("OpenMP not available: bnext is built single-threaded", stacklevel=1)
-        optimise = ["/O2"] if self.compiler.compiler_type == "msvc" else ["-O0" if DEBUG else "-O3"]
+        msvc = self.compiler.compiler_type == "msvc"
+        optimise = ["/O2"] if msvc else ["-O0" if DEBUG else "-O3", "-ffp-contract=off"]
+        if msvc or not simd_builds_possible():
+            self.extensions = [e for e in self.extensions if not SIMD_FLAGS.get(e.name)]
         for ext in self.extensions:
-            ext.extra_compile_args += optimise + (compile_flags if use_openmp else [])
+            simd = [] if msvc else SIMD_FLAGS.get(ext.name, [])
+            ext.extra_compile_args += optimise + simd + (compile_flags if use_openmp else [])
             ext.extra_link_args += link_flags if use_openmp else []
             ext.define_macros.append(("BNEXT_OPENMP", "1" if use_openmp else "0"))
         super().build_extensions()
@@ -95,8 +118,8 @@ def extension(name, source):
 setup(
     ext_modules=cythonize(
         [
-            extension("bnext._batch_norm", "src/_batch_norm.pyx"),
-            extension("bnext._openmp", "src/_openmp.pyx"),
+            extension("bnext._runtime", "src/_runtime.pyx"),
+            *(extension(name, "src/" + name.split(".")[1] + ".pyx") for name in SIMD_FLAGS),
         ],
         include_path=["src"],
         compiler_directives=DIRECTIVES,

@@ -2,7 +2,7 @@
 
 import operator
 
-from . import _openmp
+from . import _runtime
 
 _override = None
 
@@ -33,4 +33,4 @@ def set_num_threads(n):
 
 def get_num_threads():
     """The number of threads the next kernel call will use."""
-    return _override if _override is not None else _openmp.max_threads()
+    return _override if _override is not None else _runtime.max_threads()

@@ -9,8 +9,8 @@ import math
 
 import numpy as np
 
-from . import _batch_norm as kernels
 from . import _validation as check
+from ._dispatch import kernels
 from ._layout import Output, readable_view
 from ._threads import get_num_threads
 

@@ -16,7 +16,7 @@ from cython.parallel cimport prange
 from libc.stdlib cimport free, malloc
 
 from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_merge, make_plan,
-                       merge_blocks, plan_block, run_gradient_sums)
+                       item_block, item_channel, merge_blocks, plan_block, run_gradient_sums)
 
 
 cdef inline bint channel_minor(Py_ssize_t C, Py_ssize_t n_inner) noexcept nogil:
@@ -92,7 +92,7 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
     cdef double* minor_mean
     cdef double* minor_m2
     cdef Block b
-    cdef Py_ssize_t per, item, c, R, n_blocks, k, r0
+    cdef Py_ssize_t per, item, c, j, R, n_blocks, k, r0
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -118,9 +118,10 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
     try:
         with nogil:
             for item in prange(C * per, num_threads=n_threads, schedule="static"):
-                c = item // per
-                b = plan_block(&plan, item % per)
-                parts[item] = block_moments(px + c * sc + b.row_start * so + b.inner_start * si,
+                c = item_channel(&plan, C, item)
+                j = item_block(&plan, C, item)
+                b = plan_block(&plan, j)
+                parts[c * per + j] = block_moments(px + c * sc + b.row_start * so + b.inner_start * si,
                                             b.n_rows, so, b.n_inner, si)
             for c in prange(C, num_threads=n_threads, schedule="static"):
                 merged = merge_blocks(parts + c * per, per)
@@ -203,8 +204,8 @@ def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::
                 plan = make_plan(n_outer, n_inner)
                 per = plan.per_channel
                 for item in prange(C * per, num_threads=n_threads, schedule="static"):
-                    c = item // per
-                    b = plan_block(&plan, item % per)
+                    c = item_channel(&plan, C, item)
+                    b = plan_block(&plan, item_block(&plan, C, item))
                     for r in range(b.row_start, b.row_start + b.n_rows):
                         affine_run(px + c * sc + r * so + b.inner_start * si, si,
                                    py + c * yc + r * yo + b.inner_start * yi, yi, b.n_inner,
@@ -246,7 +247,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
     cdef BlockPlan plan
     cdef Block b
     cdef double* parts
-    cdef Py_ssize_t per, item, c, r, R, n_blocks, k, r0
+    cdef Py_ssize_t per, item, c, j, r, R, n_blocks, k, r0
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -269,14 +270,15 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
     try:
         with nogil:
             for item in prange(C * per, num_threads=n_threads, schedule="static"):
-                c = item // per
-                b = plan_block(&plan, item % per)
-                parts[2 * item] = 0.0
-                parts[2 * item + 1] = 0.0
+                c = item_channel(&plan, C, item)
+                j = item_block(&plan, C, item)
+                b = plan_block(&plan, j)
+                parts[2 * (c * per + j)] = 0.0
+                parts[2 * (c * per + j) + 1] = 0.0
                 for r in range(b.row_start, b.row_start + b.n_rows):
                     run_gradient_sums(pg + c * gc + r * go + b.inner_start * gi, gi,
                                       px + c * sc + r * so + b.inner_start * si, si, b.n_inner, mean[c],
-                                      parts + 2 * item, parts + 2 * item + 1)
+                                      parts + 2 * (c * per + j), parts + 2 * (c * per + j) + 1)
             for c in prange(C, num_threads=n_threads, schedule="static"):
                 sum_dy_out[c] = ordered_sum(parts + 2 * c * per, 2, per)
                 sum_dy_xmu_out[c] = ordered_sum(parts + 2 * c * per + 1, 2, per)
@@ -348,8 +350,8 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
                 plan = make_plan(n_outer, n_inner)
                 per = plan.per_channel
                 for item in prange(C * per, num_threads=n_threads, schedule="static"):
-                    c = item // per
-                    b = plan_block(&plan, item % per)
+                    c = item_channel(&plan, C, item)
+                    b = plan_block(&plan, item_block(&plan, C, item))
                     for r in range(b.row_start, b.row_start + b.n_rows):
                         dx_run(pg + c * gc + r * go + b.inner_start * gi, gi,
                                px + c * sc + r * so + b.inner_start * si, si,

@@ -65,6 +65,17 @@ cdef inline Block plan_block(const BlockPlan* plan, Py_ssize_t j) noexcept nogil
     return b
 
 
+# Work items enumerate (row group, channel, chunk) in memory order for NCHW-like data, so consecutive items
+# read neighbouring memory; each item still knows its channel and its block index in that channel's order.
+
+cdef inline Py_ssize_t item_channel(const BlockPlan* plan, Py_ssize_t n_channels, Py_ssize_t item) noexcept nogil:
+    return (item // plan.chunks_per_row) % n_channels
+
+
+cdef inline Py_ssize_t item_block(const BlockPlan* plan, Py_ssize_t n_channels, Py_ssize_t item) noexcept nogil:
+    return (item // (plan.chunks_per_row * n_channels)) * plan.chunks_per_row + item % plan.chunks_per_row
+
+
 cdef inline void chan_merge(double* count, double* mean, double* m2,
                             double count_b, double mean_b, double m2_b) noexcept nogil:
     """Merge the moments (count_b, mean_b, m2_b) of a block into the running (count, mean, m2).
@@ -100,46 +111,67 @@ cdef inline Moments merge_blocks(const Moments* parts, Py_ssize_t n) noexcept no
     return acc
 
 
+cdef enum:
+    # Independent accumulators per reduction: a fixed association that the compiler turns into SIMD lanes
+    # without -ffast-math (2 AVX-512 or 4 AVX2 registers of doubles, enough to hide the add latency).
+    LANES = 16
+    HALF_LANES = 8
+
+
+cdef inline double fold_lanes(const double* acc) noexcept nogil:
+    # Pairwise, in a fixed order.
+    cdef double half[HALF_LANES]
+    cdef int k, width = HALF_LANES
+    for k in range(width):
+        half[k] = acc[k] + acc[k + width]
+    while width > 1:
+        width //= 2
+        for k in range(width):
+            half[k] = half[k] + half[k + width]
+    return half[0]
+
+
 cdef inline double run_sum(const floating* p, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
-    # Four independent accumulators: a fixed association the compiler may vectorize without -ffast-math.
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0
-    cdef Py_ssize_t i, n4 = n - n % 4
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, v, n_vec = n - n % LANES
+    cdef int k
+    for k in range(LANES):
+        acc[k] = 0.0
     if stride == 1:
-        for i in range(0, n4, 4):
-            s0 += p[i]
-            s1 += p[i + 1]
-            s2 += p[i + 2]
-            s3 += p[i + 3]
-        for i in range(n4, n):
-            s0 += p[i]
+        for v in range(n_vec // LANES):
+            i = v * LANES
+            for k in range(LANES):
+                acc[k] += p[i + k]
+        for i in range(n_vec, n):
+            acc[i - n_vec] += p[i]
     else:
         for i in range(n):
-            s0 += p[i * stride]
-    return (s0 + s1) + (s2 + s3)
+            acc[0] += p[i * stride]
+    return fold_lanes(acc)
 
 
 cdef inline double run_squared_deviations(const floating* p, Py_ssize_t n, Py_ssize_t stride,
                                           double center) noexcept nogil:
-    cdef double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, d0, d1, d2, d3
-    cdef Py_ssize_t i, n4 = n - n % 4
+    cdef double acc[LANES]
+    cdef double d
+    cdef Py_ssize_t i, v, n_vec = n - n % LANES
+    cdef int k
+    for k in range(LANES):
+        acc[k] = 0.0
     if stride == 1:
-        for i in range(0, n4, 4):
-            d0 = p[i] - center
-            d1 = p[i + 1] - center
-            d2 = p[i + 2] - center
-            d3 = p[i + 3] - center
-            s0 += d0 * d0
-            s1 += d1 * d1
-            s2 += d2 * d2
-            s3 += d3 * d3
-        for i in range(n4, n):
-            d0 = p[i] - center
-            s0 += d0 * d0
+        for v in range(n_vec // LANES):
+            i = v * LANES
+            for k in range(LANES):
+                d = p[i + k] - center
+                acc[k] += d * d
+        for i in range(n_vec, n):
+            d = p[i] - center
+            acc[i - n_vec] += d * d
     else:
         for i in range(n):
-            d0 = p[i * stride] - center
-            s0 += d0 * d0
-    return (s0 + s1) + (s2 + s3)
+            d = p[i * stride] - center
+            acc[0] += d * d
+    return fold_lanes(acc)
 
 
 cdef inline Moments block_moments(const floating* p, Py_ssize_t n_rows, Py_ssize_t row_stride,
@@ -162,24 +194,29 @@ cdef inline void run_gradient_sums(const floating* dy, Py_ssize_t dy_stride,
                                    const floating* x, Py_ssize_t x_stride, Py_ssize_t n,
                                    double center, double* sum_dy, double* sum_dy_xmu) noexcept nogil:
     """Add sum(dy) and sum(dy * (x - center)) over one strided run, accumulating in double."""
-    cdef double a0 = 0.0, a1 = 0.0, b0 = 0.0, b1 = 0.0, g0, g1
-    cdef Py_ssize_t i, n2 = n - n % 2
+    cdef double acc_dy[LANES]
+    cdef double acc_dy_xmu[LANES]
+    cdef double g
+    cdef Py_ssize_t i, v, n_vec = n - n % LANES
+    cdef int k
+    for k in range(LANES):
+        acc_dy[k] = 0.0
+        acc_dy_xmu[k] = 0.0
     if dy_stride == 1 and x_stride == 1:
-        for i in range(0, n2, 2):
-            g0 = dy[i]
-            g1 = dy[i + 1]
-            a0 += g0
-            a1 += g1
-            b0 += g0 * (x[i] - center)
-            b1 += g1 * (x[i + 1] - center)
-        for i in range(n2, n):
-            g0 = dy[i]
-            a0 += g0
-            b0 += g0 * (x[i] - center)
+        for v in range(n_vec // LANES):
+            i = v * LANES
+            for k in range(LANES):
+                g = dy[i + k]
+                acc_dy[k] += g
+                acc_dy_xmu[k] += g * (x[i + k] - center)
+        for i in range(n_vec, n):
+            g = dy[i]
+            acc_dy[i - n_vec] += g
+            acc_dy_xmu[i - n_vec] += g * (x[i] - center)
     else:
         for i in range(n):
-            g0 = dy[i * dy_stride]
-            a0 += g0
-            b0 += g0 * (x[i * x_stride] - center)
-    sum_dy[0] += a0 + a1
-    sum_dy_xmu[0] += b0 + b1
+            g = dy[i * dy_stride]
+            acc_dy[0] += g
+            acc_dy_xmu[0] += g * (x[i * x_stride] - center)
+    sum_dy[0] += fold_lanes(acc_dy)
+    sum_dy_xmu[0] += fold_lanes(acc_dy_xmu)

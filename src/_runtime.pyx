@@ -1,4 +1,4 @@
-"""What the OpenMP runtime says, or a single-threaded stand-in when bnext was built without it."""
+"""What this build and this CPU offer: OpenMP (or a single-threaded stand-in) and the SIMD level."""
 
 cdef extern from *:
     """
@@ -8,8 +8,23 @@ cdef extern from *:
     #else
     static int bnext_max_threads(void) { return 1; }
     #endif
+
+    /* 2: AVX-512 (F, BW, DQ, VL), 1: AVX2 + FMA, 0: neither (or not an x86 CPU / compiler we can ask).
+       libgcc's answer includes the OS check (XGETBV) that the registers are saved on context switches. */
+    static int bnext_simd_level(void) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+        __builtin_cpu_init();
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+                && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+            return 2;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            return 1;
+    #endif
+        return 0;
+    }
     """
     int bnext_max_threads() nogil
+    int bnext_simd_level() nogil
     int BNEXT_OPENMP
 
 
@@ -21,3 +36,8 @@ def openmp_enabled():
 def max_threads():
     """The OpenMP runtime's current default team size (OMP_NUM_THREADS, or the usable cores)."""
     return bnext_max_threads()
+
+
+def cpu_simd_level():
+    """2 for AVX-512 (F/BW/DQ/VL), 1 for AVX2 + FMA, 0 otherwise."""
+    return bnext_simd_level()

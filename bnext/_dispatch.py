@@ -1,0 +1,46 @@
+"""Choose the kernel build this CPU runs best.
+
+The kernels are compiled up to three times from one source (src/_batch_norm_kernels.pxi): baseline
+x86-64, AVX2 + FMA and AVX-512. All builds use the same accumulation order and no FMA contraction, so they
+give bitwise identical results; only the speed differs. BNEXT_SIMD=baseline|avx2|avx512 forces a build
+(for testing and benchmarking); asking for one this CPU or build lacks raises ImportError.
+"""
+
+import importlib
+import os
+
+from . import _runtime
+
+_BUILDS = ("baseline", "avx2", "avx512")
+_MODULES = {"baseline": "bnext._batch_norm", "avx2": "bnext._batch_norm_avx2",
+            "avx512": "bnext._batch_norm_avx512"}
+
+
+def available_builds():
+    """The kernel builds this CPU can run and this installation has, slowest first."""
+    found = []
+    for level, name in enumerate(_BUILDS):
+        if level > _runtime.cpu_simd_level():
+            break
+        try:
+            importlib.import_module(_MODULES[name])
+        except ImportError:
+            continue
+        found.append(name)
+    return found
+
+
+def _select():
+    forced = os.environ.get("BNEXT_SIMD", "").strip().lower()
+    builds = available_builds()
+    if forced:
+        if forced not in _BUILDS:
+            raise ImportError(f"BNEXT_SIMD must be one of {', '.join(_BUILDS)}, got {forced!r}")
+        if forced not in builds:
+            raise ImportError(f"BNEXT_SIMD={forced} but this CPU or build offers only {', '.join(builds)}")
+        return forced
+    return builds[-1]
+
+
+simd_path = _select()
+kernels = importlib.import_module(_MODULES[simd_path])
