@@ -87,8 +87,16 @@ def test_two_dimensional_shapes_have_one_layout():
 def test_measure_returns_the_median_per_call():
     calls = []
     seconds = bench.measure(lambda: calls.append(None), repeat=3, min_run_seconds=0.0)
-    assert len(calls) == 1 + 3  # one warmup, then one call per run
+    assert len(calls) == 2 + 3  # a warmup and a calibration call, then one call per run
     assert 0 < seconds < 0.1
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(2.5, "2.5 s"), (0.00123, "1.23 ms"), (0.000456, "456 us"), (4.2e-8, "42 ns"), (0.1234, "123 ms")],
+)
+def test_format_seconds(seconds, text):
+    assert bench.format_seconds(seconds) == text
 
 
 def test_quick_run_prints_a_table_per_op(capsys):

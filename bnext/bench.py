@@ -56,14 +56,16 @@ def measure(function, repeat, min_run_seconds=MIN_RUN_SECONDS):
     """Median seconds per call of ``function()``: one warmup call, then ``repeat`` timed runs.
 
     A run loops the call enough times to last ``min_run_seconds`` (timer resolution and loop overhead
-    stay negligible for microsecond calls); large calls run once per run.
+    stay negligible for microsecond calls); large calls run once per run. The loop count is set from
+    a second, timed call: the first one pays for page faults and waking threads.
     """
+    function()
     start = time.perf_counter()
     function()
-    warmup = time.perf_counter() - start
+    single = time.perf_counter() - start
     number = 1
-    if warmup < min_run_seconds:
-        number = min(10_000, math.ceil(min_run_seconds / max(warmup, 1e-7)))
+    if single < min_run_seconds:
+        number = min(10_000, math.ceil(min_run_seconds / max(single, 1e-7)))
     per_call = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -176,10 +178,11 @@ def run_cases(cases, *, repeat, with_torch, preallocate_out=False, progress=None
 
 
 def format_seconds(seconds):
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}" if seconds / scale < 100 else f"{seconds / scale:.0f} {unit}"
-    return f"{seconds / 1e-9:.0f} ns"
+    """Three significant digits in the largest unit that keeps the number >= 1: 1.23 ms, 456 us."""
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale or unit == "ns":
+            value = seconds / scale
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
 
 
 def geometric_mean(values):
