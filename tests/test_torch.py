@@ -6,7 +6,7 @@ import pytest
 import bnext
 from conftest import RTOL, random_x
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", exc_type=ImportError)
 
 
 def to_torch(array):
