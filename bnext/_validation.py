@@ -56,7 +56,7 @@ def channel_vector(name, value, n_channels, *, required=False):
     arr = float_array(name, value)
     if arr.shape != (n_channels,):
         raise ValueError(f"{name} must have shape ({n_channels},), got {arr.shape}")
-    return arr.astype(np.float64, copy=False)
+    return np.ascontiguousarray(arr, dtype=np.float64)
 
 
 def running_buffer(name, value, n_channels):

@@ -42,7 +42,9 @@ def _affine(invstd, weight, bias, n_channels):
 
 def _update_running(buffer, batch_value, momentum):
     if buffer is not None:
-        buffer[...] = (1.0 - momentum) * buffer + momentum * batch_value
+        # A float32 buffer may overflow to inf (data near 1e30): the honest value, without a warning.
+        with np.errstate(over="ignore"):
+            buffer[...] = (1.0 - momentum) * buffer + momentum * batch_value
 
 
 def _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out):
@@ -189,13 +191,13 @@ def _backward(dy, x, mean, invstd, weight, axis, out, batch_stats=True):
     kernels.gradient_sums(dy_view, x_view, mean, sum_dy, sum_dy_xmu, n_threads)
     dbias = sum_dy
     dweight = sum_dy_xmu * invstd
-    k = invstd if weight is None else weight * invstd
+    scale = invstd if weight is None else weight * invstd
     if batch_stats:
-        # dx = k / m * (m * dy - dbias - x_hat * dweight), expanded per channel into dy, x - mean and 1 terms.
-        coef_x, coef_1 = -k * invstd * dweight / m, -k * dbias / m
+        # dx = scale * (dy - dbias / m - x_hat * dweight / m): the mean and x_hat depend on x.
+        coef_x_hat, coef_1 = -dweight / m, -dbias / m
     else:
-        coef_x = coef_1 = np.zeros(n_channels)
-    kernels.input_gradient(dy_view, x_view, mean, k, coef_x, coef_1, target.view, n_threads)
+        coef_x_hat = coef_1 = np.zeros(n_channels)
+    kernels.input_gradient(dy_view, x_view, mean, invstd, scale, coef_x_hat, coef_1, target.view, n_threads)
     return target.finish(), dweight, dbias
 
 

@@ -52,15 +52,17 @@ cdef inline void affine_run(const floating* x, Py_ssize_t xs, floating* y, Py_ss
 
 
 cdef inline void dx_run(const floating* dy, Py_ssize_t dys, const floating* x, Py_ssize_t xs,
-                        floating* dx, Py_ssize_t dxs, Py_ssize_t n, floating hi, floating lo,
-                        floating coef_dy, floating coef_x, floating coef_1) noexcept nogil:
+                        floating* dx, Py_ssize_t dxs, Py_ssize_t n, floating hi, floating lo, floating invstd,
+                        floating scale, floating coef_x_hat, floating coef_1) noexcept nogil:
+    # dx = scale * (dy + coef_1 + coef_x_hat * x_hat): every factor stays O(1) or O(invstd), so nothing
+    # underflows in float32 even for data near 1e30 (a fused coef * (x - mean) coefficient would).
     cdef Py_ssize_t i
     if dys == 1 and xs == 1 and dxs == 1:
         for i in range(n):
-            dx[i] = coef_dy * dy[i] + (coef_x * ((x[i] - hi) - lo) + coef_1)
+            dx[i] = scale * ((dy[i] + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
     else:
         for i in range(n):
-            dx[i * dxs] = coef_dy * dy[i * dys] + (coef_x * ((x[i * xs] - hi) - lo) + coef_1)
+            dx[i * dxs] = scale * ((dy[i * dys] + coef_1) + coef_x_hat * (((x[i * xs] - hi) - lo) * invstd))
 
 
 cdef void split_mean(const double* mean, Py_ssize_t C, floating* hi, floating* lo) noexcept nogil:
@@ -137,15 +139,17 @@ cdef inline void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ss
     cdef Py_ssize_t r, c
     cdef const floating* row
     cdef double d
+    # m2 first holds each channel's shift (its first value), as in block_moments: constants stay exact.
     for c in range(C):
         mean[c] = 0.0
-        m2[c] = 0.0
+        m2[c] = x[c * sc]
     for r in range(n_rows):
         row = x + r * so
         for c in range(C):
-            mean[c] += row[c * sc]
+            mean[c] += row[c * sc] - m2[c]
     for c in range(C):
-        mean[c] = mean[c] / n_rows
+        mean[c] = m2[c] + mean[c] / n_rows
+        m2[c] = 0.0
     for r in range(n_rows):
         row = x + r * so
         for c in range(C):
@@ -311,9 +315,12 @@ cdef inline void minor_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize
 
 
 def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const double[::1] mean,
-                   const double[::1] coef_dy, const double[::1] coef_x, const double[::1] coef_1,
-                   floating[:, :, :] dx_out, int n_threads):
-    """dx_out = coef_dy * dy + coef_x * (x - mean) + coef_1 per channel; dx_out may be dy or x itself."""
+                   const double[::1] invstd, const double[::1] scale, const double[::1] coef_x_hat,
+                   const double[::1] coef_1, floating[:, :, :] dx_out, int n_threads):
+    """dx_out = scale * (dy + coef_1 + coef_x_hat * (x - mean) * invstd) per channel.
+
+    dx_out may be dy or x itself.
+    """
     cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
     cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
     cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
@@ -324,28 +331,30 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
     cdef const floating* px = &x[0, 0, 0]
     cdef const floating* pg = &dy[0, 0, 0]
     cdef floating* pd = &dx_out[0, 0, 0]
-    cdef floating* coef = <floating*>checked_malloc(5 * C * sizeof(floating))
+    cdef floating* coef = <floating*>checked_malloc(6 * C * sizeof(floating))
     cdef floating* hi = coef
     cdef floating* lo = coef + C
-    cdef floating* a = coef + 2 * C
-    cdef floating* bx = coef + 3 * C
-    cdef floating* b1 = coef + 4 * C
+    cdef floating* invstd_f = coef + 2 * C
+    cdef floating* scale_f = coef + 3 * C
+    cdef floating* coef_x_hat_f = coef + 4 * C
+    cdef floating* coef_1_f = coef + 5 * C
     cdef BlockPlan plan
     cdef Block b
     cdef Py_ssize_t per, item, c, r, R, n_blocks, k, r0
     try:
         with nogil:
             split_mean(&mean[0], C, hi, lo)
-            to_floating(&coef_dy[0], C, a)
-            to_floating(&coef_x[0], C, bx)
-            to_floating(&coef_1[0], C, b1)
+            to_floating(&invstd[0], C, invstd_f)
+            to_floating(&scale[0], C, scale_f)
+            to_floating(&coef_x_hat[0], C, coef_x_hat_f)
+            to_floating(&coef_1[0], C, coef_1_f)
             if channel_minor(C, n_inner):
                 R = minor_rows_per_block(C)
                 n_blocks = (n_outer + R - 1) // R
                 for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
                     r0 = k * R
                     minor_dx(pg + r0 * go, go, gc, px + r0 * so, so, sc, pd + r0 * do, do, dc,
-                             min(R, n_outer - r0), C, hi, lo, a, bx, b1)
+                             min(R, n_outer - r0), C, hi, lo, invstd_f, scale_f, coef_x_hat_f, coef_1_f)
             else:
                 plan = make_plan(n_outer, n_inner)
                 per = plan.per_channel
@@ -356,16 +365,18 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
                         dx_run(pg + c * gc + r * go + b.inner_start * gi, gi,
                                px + c * sc + r * so + b.inner_start * si, si,
                                pd + c * dc + r * do + b.inner_start * di, di, b.n_inner,
-                               hi[c], lo[c], a[c], bx[c], b1[c])
+                               hi[c], lo[c], invstd_f[c], scale_f[c], coef_x_hat_f[c], coef_1_f[c])
     finally:
         free(coef)
 
 
 cdef inline void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x, Py_ssize_t so,
                           Py_ssize_t sc, floating* dx, Py_ssize_t do, Py_ssize_t dc, Py_ssize_t n_rows,
-                          Py_ssize_t C, const floating* hi, const floating* lo, const floating* a,
-                          const floating* bx, const floating* b1) noexcept nogil:
+                          Py_ssize_t C, const floating* hi, const floating* lo, const floating* invstd,
+                          const floating* scale, const floating* coef_x_hat,
+                          const floating* coef_1) noexcept nogil:
     cdef Py_ssize_t r, c
     for r in range(n_rows):
         for c in range(C):
-            dx[r * do + c * dc] = a[c] * dy[r * go + c * gc] + (bx[c] * ((x[r * so + c * sc] - hi[c]) - lo[c]) + b1[c])
+            dx[r * do + c * dc] = scale[c] * ((dy[r * go + c * gc] + coef_1[c])
+                                              + coef_x_hat[c] * (((x[r * so + c * sc] - hi[c]) - lo[c]) * invstd[c]))

@@ -131,7 +131,8 @@ cdef inline double fold_lanes(const double* acc) noexcept nogil:
     return half[0]
 
 
-cdef inline double run_sum(const floating* p, Py_ssize_t n, Py_ssize_t stride) noexcept nogil:
+cdef inline double run_sum(const floating* p, Py_ssize_t n, Py_ssize_t stride, double shift) noexcept nogil:
+    """sum(p[i] - shift): shifting by a value from the data keeps constant data exact."""
     cdef double acc[LANES]
     cdef Py_ssize_t i, v, n_vec = n - n % LANES
     cdef int k
@@ -141,12 +142,12 @@ cdef inline double run_sum(const floating* p, Py_ssize_t n, Py_ssize_t stride) n
         for v in range(n_vec // LANES):
             i = v * LANES
             for k in range(LANES):
-                acc[k] += p[i + k]
+                acc[k] += p[i + k] - shift
         for i in range(n_vec, n):
-            acc[i - n_vec] += p[i]
+            acc[i - n_vec] += p[i] - shift
     else:
         for i in range(n):
-            acc[0] += p[i * stride]
+            acc[0] += p[i * stride] - shift
     return fold_lanes(acc)
 
 
@@ -176,14 +177,18 @@ cdef inline double run_squared_deviations(const floating* p, Py_ssize_t n, Py_ss
 
 cdef inline Moments block_moments(const floating* p, Py_ssize_t n_rows, Py_ssize_t row_stride,
                                   Py_ssize_t n_inner, Py_ssize_t inner_stride) noexcept nogil:
-    """Two-pass moments of an (n_rows x n_inner) strided block that fits in L1."""
+    """Two-pass moments of an (n_rows x n_inner) strided block that fits in L1.
+
+    The mean is taken relative to the block's first value, so a constant block has exactly that value as
+    its mean and M2 == 0 (then y == bias exactly), whatever its magnitude.
+    """
     cdef Moments m
     cdef Py_ssize_t r
-    cdef double total = 0.0
+    cdef double total = 0.0, shift = p[0]
     m.count = <double>(n_rows * n_inner)
     for r in range(n_rows):
-        total += run_sum(p + r * row_stride, n_inner, inner_stride)
-    m.mean = total / m.count
+        total += run_sum(p + r * row_stride, n_inner, inner_stride, shift)
+    m.mean = shift + total / m.count
     m.m2 = 0.0
     for r in range(n_rows):
         m.m2 += run_squared_deviations(p + r * row_stride, n_inner, inner_stride, m.mean)
