@@ -34,10 +34,12 @@ def _check_training_batch(x, axis):
     return m
 
 
-def _affine(invstd, weight, bias, n_channels):
-    scale = invstd if weight is None else invstd * weight
-    shift = np.zeros(n_channels) if bias is None else bias
-    return scale, shift
+def _ones_if_none(weight, n_channels):
+    return np.ones(n_channels) if weight is None else weight
+
+
+def _zeros_if_none(bias, n_channels):
+    return np.zeros(n_channels) if bias is None else bias
 
 
 def _update_running(buffer, batch_value, momentum):
@@ -67,12 +69,10 @@ def _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out)
     if m == 0 or n_channels == 0:
         # Nothing to normalize: y is empty and the running statistics have seen no batch.
         return target.finish(), mean, 1.0 / np.sqrt(var + eps)
-    x_view = readable_view(x, axis)
-    n_threads = get_num_threads()
-    kernels.batch_stats(x_view, mean, var, n_threads)
-    invstd = 1.0 / np.sqrt(var + eps)
-    scale, shift = _affine(invstd, weight, bias, n_channels)
-    kernels.normalize(x_view, mean, scale, shift, target.view, n_threads)
+    invstd = np.zeros(n_channels)
+    kernels.train_forward(readable_view(x, axis), _ones_if_none(weight, n_channels),
+                          _zeros_if_none(bias, n_channels), eps, mean, var, invstd, target.view,
+                          get_num_threads())
     _update_running(running_mean, mean, momentum)
     _update_running(running_var, var * (m / (m - 1)), momentum)
     return target.finish(), mean, invstd
@@ -157,8 +157,8 @@ def batch_norm_eval(x, running_mean, running_var, weight=None, bias=None, *, axi
     if x.size == 0:
         return target.finish()
     invstd = 1.0 / np.sqrt(running_var + eps)
-    scale, shift = _affine(invstd, weight, bias, n_channels)
-    kernels.normalize(readable_view(x, axis), running_mean, scale, shift, target.view, get_num_threads())
+    kernels.normalize(readable_view(x, axis), running_mean, invstd * _ones_if_none(weight, n_channels),
+                      _zeros_if_none(bias, n_channels), target.view, get_num_threads())
     return target.finish()
 
 

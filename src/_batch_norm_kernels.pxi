@@ -11,8 +11,11 @@ Reductions write one partial per block and merge them per channel in block order
 same for any number of threads.
 """
 
+import numpy as np
+
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_merge, make_plan,
@@ -233,6 +236,89 @@ cdef inline void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, f
         else:
             for c in range(C):
                 yr[c * yc] = ((xr[c * sc] - hi[c]) - lo[c]) * scale[c] + shift[c]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training forward: statistics, then normalization with them.
+#
+# When one channel's slice fits in L2 (FUSE_BYTES), each thread takes whole channels and normalizes a
+# channel right after computing its statistics, while the slice is still in cache: one pass over memory
+# for x instead of two. Otherwise it runs batch_stats and normalize. Both routes compute the same blocks,
+# merge them in the same order and use the same arithmetic, so they give bitwise identical results.
+
+cdef enum:
+    FUSE_BYTES = 768 * 1024
+
+
+cdef inline bint fuse_channels(Py_ssize_t C, Py_ssize_t n_inner, Py_ssize_t n_outer, size_t itemsize,
+                               int n_arrays) noexcept nogil:
+    return (not channel_minor(C, n_inner) and C > 1
+            and <size_t>(n_outer * n_inner) * itemsize * n_arrays <= FUSE_BYTES)
+
+
+cdef inline Moments channel_moments(const floating* x, Py_ssize_t so, Py_ssize_t si, const BlockPlan* plan,
+                                    Moments* parts) noexcept nogil:
+    """One channel's moments: its blocks in plan order, Chan-merged in that order."""
+    cdef Py_ssize_t j
+    cdef Block b
+    for j in range(plan.per_channel):
+        b = plan_block(plan, j)
+        parts[j] = block_moments(x + b.row_start * so + b.inner_start * si, b.n_rows, so, b.n_inner, si)
+    return merge_blocks(parts, plan.per_channel)
+
+
+cdef inline double inverse_std(double var, double eps) noexcept nogil:
+    return 1.0 / sqrt(var + eps)
+
+
+def train_forward(const floating[:, :, :] x, const double[::1] weight, const double[::1] bias, double eps,
+                  double[::1] mean_out, double[::1] var_out, double[::1] invstd_out, floating[:, :, :] y_out,
+                  int n_threads):
+    """Batch statistics of x and y_out = (x - mean) * invstd * weight + bias; y_out may be x itself.
+
+    Memory passes: one read of x and one write of y when a channel fits in L2, else two reads and a write.
+    """
+    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
+    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
+    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
+    cdef Py_ssize_t yo = y_out.strides[0] // sizeof(floating), yc = y_out.strides[1] // sizeof(floating)
+    cdef Py_ssize_t yi = y_out.strides[2] // sizeof(floating)
+    cdef const floating* px = &x[0, 0, 0]
+    cdef floating* py = &y_out[0, 0, 0]
+    cdef BlockPlan plan
+    cdef Block b
+    cdef Moments merged
+    cdef Moments* parts
+    cdef Py_ssize_t c, j, r
+    cdef double mean, invstd
+    cdef floating hi
+    if not fuse_channels(C, n_inner, n_outer, sizeof(floating), 1):
+        batch_stats(x, mean_out, var_out, n_threads)
+        for c in range(C):
+            invstd_out[c] = inverse_std(var_out[c], eps)
+        normalize(x, mean_out, np.multiply(invstd_out, weight), bias, y_out, n_threads)
+        return
+    plan = make_plan(n_outer, n_inner)
+    parts = <Moments*>checked_malloc(C * plan.per_channel * sizeof(Moments))
+    try:
+        with nogil:
+            for c in prange(C, num_threads=n_threads, schedule="static"):
+                merged = channel_moments(px + c * sc, so, si, &plan, parts + c * plan.per_channel)
+                mean = merged.mean
+                invstd = inverse_std(merged.m2 / merged.count, eps)
+                mean_out[c] = mean
+                var_out[c] = merged.m2 / merged.count
+                invstd_out[c] = invstd
+                hi = <floating>mean
+                for j in range(plan.per_channel):
+                    b = plan_block(&plan, j)
+                    for r in range(b.row_start, b.row_start + b.n_rows):
+                        affine_run(px + c * sc + r * so + b.inner_start * si, si,
+                                   py + c * yc + r * yo + b.inner_start * yi, yi, b.n_inner,
+                                   hi, <floating>(mean - <double>hi), <floating>(invstd * weight[c]),
+                                   <floating>bias[c])
+    finally:
+        free(parts)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import IMPLEMENTATIONS, RTOL, assert_within, implementation, make_layout, random_x
+from bn_helpers import IMPLEMENTATIONS, RTOL, assert_within, implementation, make_layout, random_x
 
 SHAPES = {"NC": ((5, 3), 1), "NCL": ((3, 2, 4), 1), "NLC": ((3, 4, 2), -1), "axis0": ((2, 3, 2), 0)}
 

@@ -7,7 +7,7 @@ reference is itself checked against hand-derived values.
 import numpy as np
 import pytest
 
-from conftest import RTOL, all_of, assert_within, implementation, make_layout
+from bn_helpers import RTOL, all_of, assert_within, implementation, make_layout
 
 IMPLS = pytest.mark.parametrize("impl", ["bnext", "reference"])
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import KERNEL_NAMES, all_of, call, copy_params, fast_and_reference, word
+from bn_helpers import KERNEL_NAMES, all_of, call, copy_params, fast_and_reference, word
 
 SHAPE = (4, 3, 2)  # C = 3 on axis 1
 

@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from conftest import (
+from bn_helpers import (
     KERNEL_NAMES, as_tuple, assert_results_close, call, copy_params, fast_and_reference, make_layout,
     make_params, random_x,
 )

@@ -5,7 +5,7 @@ import pytest
 
 import bnext
 from bnext import reference
-from conftest import RTOL, all_of, random_x
+from bn_helpers import RTOL, all_of, random_x
 
 
 def close(actual, expected, dtype):

@@ -4,7 +4,7 @@ computed from the same float32 data; NaN/Inf confined to their channel."""
 import numpy as np
 import pytest
 
-from conftest import (
+from bn_helpers import (
     HOSTILE_KINDS, IMPLEMENTATIONS, KERNEL_NAMES, as_tuple, assert_results_close, assert_running_close,
     bitwise_equal, call,
     copy_params, fast_and_reference, hostile_data, implementation, make_params,

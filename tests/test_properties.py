@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import as_tuple, assert_results_close, call, copy_params, fast_and_reference, make_params
+from bn_helpers import as_tuple, assert_results_close, call, copy_params, fast_and_reference, make_params
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import (
+from bn_helpers import (
     CONTIGUITIES, KERNEL_NAMES, LAYOUTS, as_tuple, assert_results_close, assert_running_close,
     call, copy_params, fast_and_reference, make_layout, make_params, random_x,
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import bnext
-from conftest import KERNEL_NAMES, as_tuple, bitwise_equal, call, copy_params, make_params, random_x
+from bn_helpers import KERNEL_NAMES, as_tuple, bitwise_equal, call, copy_params, make_params, random_x
 
 # Shapes that exercise the parallel paths: many channels, few channels with a long batch,
 # channels-last, and a spatial NCHW batch.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import bnext
-from conftest import RTOL, random_x
+from bn_helpers import RTOL, random_x
 
 torch = pytest.importorskip("torch", exc_type=ImportError)
 
