@@ -69,10 +69,12 @@ def _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out)
     if m == 0 or n_channels == 0:
         # Nothing to normalize: y is empty and the running statistics have seen no batch.
         return target.finish(), mean, 1.0 / np.sqrt(var + eps)
-    invstd = np.zeros(n_channels)
-    kernels.train_forward(readable_view(x, axis), _ones_if_none(weight, n_channels),
-                          _zeros_if_none(bias, n_channels), eps, mean, var, invstd, target.view,
-                          get_num_threads())
+    x_view = readable_view(x, axis)
+    n_threads = get_num_threads()
+    kernels.batch_stats(x_view, mean, var, n_threads)
+    invstd = 1.0 / np.sqrt(var + eps)
+    kernels.normalize(x_view, mean, invstd * _ones_if_none(weight, n_channels),
+                      _zeros_if_none(bias, n_channels), target.view, n_threads)
     _update_running(running_mean, mean, momentum)
     _update_running(running_var, var * (m / (m - 1)), momentum)
     return target.finish(), mean, invstd

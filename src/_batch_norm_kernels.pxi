@@ -3,23 +3,24 @@
 The Python layer has checked everything and hands over (outer, C, inner) views of every array: outer is the
 product of the axes before the channel axis, inner of those after it. Each kernel picks its traversal from the
 shape alone, never from the thread count:
-- channel-major (inner > 1, or C == 1): each channel is cut into blocks by a BlockPlan (_moments.pxd);
-  the threads share out (channel, block) items.
+- channel-major (inner > 1, or C == 1): each channel is cut into blocks by a BlockPlan (_moments.pxd).
+  Threads share out work items that walk memory in order: (row, channel, chunk) for long rows, (row
+  group, channel chunk) for short rows, where each row adds into its channel's block sums.
 - channel-minor (inner == 1, C > 1, e.g. channels-last): blocks are groups of whole rows of C channels,
   so the innermost loop runs over channels with independent per-channel accumulators.
 Reductions write one partial per block and merge them per channel in block order: the result is bitwise the
-same for any number of threads.
+same for any number of threads. Memory passes: statistics read x once; normalize reads x and writes y;
+gradient_sums reads dy and x; input_gradient reads dy and x and writes dx. (Normalizing each channel right
+after its statistics, while it is in L2, was measured slower here: it walks NCHW memory channel by channel.)
 """
-
-import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_merge, make_plan,
-                       item_block, item_channel, merge_blocks, plan_block, run_gradient_sums)
+                       item_block, item_channel, merge_blocks, plan_block, run_gradient_sums,
+                       run_shifted_sums, shifted_to_moments)
 
 
 cdef inline bint channel_minor(Py_ssize_t C, Py_ssize_t n_inner) noexcept nogil:
@@ -29,6 +30,11 @@ cdef inline bint channel_minor(Py_ssize_t C, Py_ssize_t n_inner) noexcept nogil:
 cdef inline Py_ssize_t minor_rows_per_block(Py_ssize_t C) noexcept nogil:
     # About BLOCK elements per block, but at least 8 rows so the per-block merge cost stays small.
     return max(8, BLOCK // C)
+
+
+cdef enum:
+    # Channels per work item when short rows are walked in memory order.
+    CHANNEL_CHUNK = 64
 
 
 cdef void* checked_malloc(size_t n_bytes) except NULL:
@@ -83,7 +89,7 @@ cdef void to_floating(const double* src, Py_ssize_t C, floating* dst) noexcept n
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Statistics. Memory passes: one over x (a block's second pass hits L1).
+# Statistics.
 
 def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var_out, int n_threads):
     """Per-channel mean and biased variance of x, accumulated in double."""
@@ -97,7 +103,7 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
     cdef double* minor_mean
     cdef double* minor_m2
     cdef Block b
-    cdef Py_ssize_t per, item, c, j, R, n_blocks, k, r0
+    cdef Py_ssize_t per, item, c, c0, g, j, R, n_blocks, n_chunks, k, r0
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -122,12 +128,21 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
     parts = <Moments*>checked_malloc(C * per * sizeof(Moments))
     try:
         with nogil:
-            for item in prange(C * per, num_threads=n_threads, schedule="static"):
-                c = item_channel(&plan, C, item)
-                j = item_block(&plan, C, item)
-                b = plan_block(&plan, j)
-                parts[c * per + j] = block_moments(px + c * sc + b.row_start * so + b.inner_start * si,
-                                            b.n_rows, so, b.n_inner, si)
+            if plan.rows_per_block == 1:
+                for item in prange(C * per, num_threads=n_threads, schedule="static"):
+                    c = item_channel(&plan, C, item)
+                    j = item_block(&plan, C, item)
+                    b = plan_block(&plan, j)
+                    parts[c * per + j] = block_moments(px + c * sc + b.row_start * so + b.inner_start * si,
+                                                       b.n_rows, so, b.n_inner, si)
+            else:
+                n_chunks = (C + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK
+                for item in prange(per * n_chunks, num_threads=n_threads, schedule="static"):
+                    g = item // n_chunks
+                    c0 = (item % n_chunks) * CHANNEL_CHUNK
+                    b = plan_block(&plan, g)
+                    grouped_moments(px + c0 * sc + b.row_start * so, b.n_rows, so, min(CHANNEL_CHUNK, C - c0),
+                                    sc, n_inner, si, parts + c0 * per + g, per)
             for c in prange(C, num_threads=n_threads, schedule="static"):
                 merged = merge_blocks(parts + c * per, per)
                 mean_out[c] = merged.mean
@@ -136,28 +151,45 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
         free(parts)
 
 
+cdef inline void grouped_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t n_channels,
+                                 Py_ssize_t sc, Py_ssize_t n_inner, Py_ssize_t si, Moments* out,
+                                 Py_ssize_t out_stride) noexcept nogil:
+    """block_moments for one row group of up to CHANNEL_CHUNK channels, walking rows in memory order.
+
+    Each channel adds its rows' sums in the same order as block_moments, so the result is bitwise the same.
+    """
+    cdef double sums[2 * CHANNEL_CHUNK]
+    cdef Py_ssize_t r, c
+    cdef Moments* m
+    for c in range(2 * n_channels):
+        sums[c] = 0.0
+    for r in range(n_rows):
+        for c in range(n_channels):
+            run_shifted_sums(x + r * so + c * sc, n_inner, si, x[c * sc], &sums[2 * c], &sums[2 * c + 1])
+    for c in range(n_channels):
+        m = out + c * out_stride
+        m.count = <double>(n_rows * n_inner)
+        shifted_to_moments(m.count, x[c * sc], sums[2 * c], sums[2 * c + 1], &m.mean, &m.m2)
+
+
 cdef inline void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t C,
                                      Py_ssize_t sc, double* mean, double* m2) noexcept nogil:
-    # Two passes over n_rows rows of C channels; the loops over c are independent per channel.
+    # One pass over n_rows rows of C channels, shifted by the block's first row; the loops over c are
+    # independent per channel. mean and m2 hold the sums of d and d*d until the end.
     cdef Py_ssize_t r, c
     cdef const floating* row
     cdef double d
-    # m2 first holds each channel's shift (its first value), as in block_moments: constants stay exact.
     for c in range(C):
         mean[c] = 0.0
-        m2[c] = x[c * sc]
-    for r in range(n_rows):
-        row = x + r * so
-        for c in range(C):
-            mean[c] += row[c * sc] - m2[c]
-    for c in range(C):
-        mean[c] = m2[c] + mean[c] / n_rows
         m2[c] = 0.0
     for r in range(n_rows):
         row = x + r * so
         for c in range(C):
-            d = row[c * sc] - mean[c]
+            d = row[c * sc] - <double>x[c * sc]
+            mean[c] += d
             m2[c] += d * d
+    for c in range(C):
+        shifted_to_moments(<double>n_rows, x[c * sc], mean[c], m2[c], &mean[c], &m2[c])
 
 
 cdef inline Moments minor_merge(const double* mean, const double* m2, Py_ssize_t stride, Py_ssize_t n_blocks,
@@ -193,8 +225,7 @@ def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::
     cdef floating* scale_f = coef + 2 * C
     cdef floating* shift_f = coef + 3 * C
     cdef BlockPlan plan
-    cdef Block b
-    cdef Py_ssize_t per, item, c, r, R, n_blocks, k, r0
+    cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
     try:
         with nogil:
             split_mean(&mean[0], C, hi, lo)
@@ -208,15 +239,15 @@ def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::
                     minor_affine(px + r0 * so, so, sc, py + r0 * yo, yo, yc, min(R, n_outer - r0), C,
                                  hi, lo, scale_f, shift_f)
             else:
+                # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
-                per = plan.per_channel
-                for item in prange(C * per, num_threads=n_threads, schedule="static"):
-                    c = item_channel(&plan, C, item)
-                    b = plan_block(&plan, item_block(&plan, C, item))
-                    for r in range(b.row_start, b.row_start + b.n_rows):
-                        affine_run(px + c * sc + r * so + b.inner_start * si, si,
-                                   py + c * yc + r * yo + b.inner_start * yi, yi, b.n_inner,
-                                   hi[c], lo[c], scale_f[c], shift_f[c])
+                for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static"):
+                    k = item % plan.chunks_per_row
+                    c = (item // plan.chunks_per_row) % C
+                    n = item // (plan.chunks_per_row * C)
+                    i0 = k * plan.chunk
+                    affine_run(px + n * so + c * sc + i0 * si, si, py + n * yo + c * yc + i0 * yi, yi,
+                               min(plan.chunk, n_inner - i0), hi[c], lo[c], scale_f[c], shift_f[c])
     finally:
         free(coef)
 
@@ -239,89 +270,6 @@ cdef inline void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, f
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Training forward: statistics, then normalization with them.
-#
-# When one channel's slice fits in L2 (FUSE_BYTES), each thread takes whole channels and normalizes a
-# channel right after computing its statistics, while the slice is still in cache: one pass over memory
-# for x instead of two. Otherwise it runs batch_stats and normalize. Both routes compute the same blocks,
-# merge them in the same order and use the same arithmetic, so they give bitwise identical results.
-
-cdef enum:
-    FUSE_BYTES = 768 * 1024
-
-
-cdef inline bint fuse_channels(Py_ssize_t C, Py_ssize_t n_inner, Py_ssize_t n_outer, size_t itemsize,
-                               int n_arrays) noexcept nogil:
-    return (not channel_minor(C, n_inner) and C > 1
-            and <size_t>(n_outer * n_inner) * itemsize * n_arrays <= FUSE_BYTES)
-
-
-cdef inline Moments channel_moments(const floating* x, Py_ssize_t so, Py_ssize_t si, const BlockPlan* plan,
-                                    Moments* parts) noexcept nogil:
-    """One channel's moments: its blocks in plan order, Chan-merged in that order."""
-    cdef Py_ssize_t j
-    cdef Block b
-    for j in range(plan.per_channel):
-        b = plan_block(plan, j)
-        parts[j] = block_moments(x + b.row_start * so + b.inner_start * si, b.n_rows, so, b.n_inner, si)
-    return merge_blocks(parts, plan.per_channel)
-
-
-cdef inline double inverse_std(double var, double eps) noexcept nogil:
-    return 1.0 / sqrt(var + eps)
-
-
-def train_forward(const floating[:, :, :] x, const double[::1] weight, const double[::1] bias, double eps,
-                  double[::1] mean_out, double[::1] var_out, double[::1] invstd_out, floating[:, :, :] y_out,
-                  int n_threads):
-    """Batch statistics of x and y_out = (x - mean) * invstd * weight + bias; y_out may be x itself.
-
-    Memory passes: one read of x and one write of y when a channel fits in L2, else two reads and a write.
-    """
-    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
-    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t yo = y_out.strides[0] // sizeof(floating), yc = y_out.strides[1] // sizeof(floating)
-    cdef Py_ssize_t yi = y_out.strides[2] // sizeof(floating)
-    cdef const floating* px = &x[0, 0, 0]
-    cdef floating* py = &y_out[0, 0, 0]
-    cdef BlockPlan plan
-    cdef Block b
-    cdef Moments merged
-    cdef Moments* parts
-    cdef Py_ssize_t c, j, r
-    cdef double mean, invstd
-    cdef floating hi
-    if not fuse_channels(C, n_inner, n_outer, sizeof(floating), 1):
-        batch_stats(x, mean_out, var_out, n_threads)
-        for c in range(C):
-            invstd_out[c] = inverse_std(var_out[c], eps)
-        normalize(x, mean_out, np.multiply(invstd_out, weight), bias, y_out, n_threads)
-        return
-    plan = make_plan(n_outer, n_inner)
-    parts = <Moments*>checked_malloc(C * plan.per_channel * sizeof(Moments))
-    try:
-        with nogil:
-            for c in prange(C, num_threads=n_threads, schedule="static"):
-                merged = channel_moments(px + c * sc, so, si, &plan, parts + c * plan.per_channel)
-                mean = merged.mean
-                invstd = inverse_std(merged.m2 / merged.count, eps)
-                mean_out[c] = mean
-                var_out[c] = merged.m2 / merged.count
-                invstd_out[c] = invstd
-                hi = <floating>mean
-                for j in range(plan.per_channel):
-                    b = plan_block(&plan, j)
-                    for r in range(b.row_start, b.row_start + b.n_rows):
-                        affine_run(px + c * sc + r * so + b.inner_start * si, si,
-                                   py + c * yc + r * yo + b.inner_start * yi, yi, b.n_inner,
-                                   hi, <floating>(mean - <double>hi), <floating>(invstd * weight[c]),
-                                   <floating>bias[c])
-    finally:
-        free(parts)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Backward. Memory passes: read dy and x once for the two sums, then read dy, x and write dx.
 
 def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const double[::1] mean,
@@ -337,7 +285,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
     cdef BlockPlan plan
     cdef Block b
     cdef double* parts
-    cdef Py_ssize_t per, item, c, j, r, R, n_blocks, k, r0
+    cdef Py_ssize_t per, item, c, c0, g, j, r, R, n_blocks, n_chunks, k, r0
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -356,24 +304,50 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
         return
     plan = make_plan(n_outer, n_inner)
     per = plan.per_channel
+    # parts[2 * (c * per + j)] and parts[2 * (c * per + j) + 1]: block j's sum(dy) and sum(dy * (x - mean)).
     parts = <double*>checked_malloc(2 * C * per * sizeof(double))
     try:
         with nogil:
-            for item in prange(C * per, num_threads=n_threads, schedule="static"):
-                c = item_channel(&plan, C, item)
-                j = item_block(&plan, C, item)
-                b = plan_block(&plan, j)
-                parts[2 * (c * per + j)] = 0.0
-                parts[2 * (c * per + j) + 1] = 0.0
-                for r in range(b.row_start, b.row_start + b.n_rows):
-                    run_gradient_sums(pg + c * gc + r * go + b.inner_start * gi, gi,
-                                      px + c * sc + r * so + b.inner_start * si, si, b.n_inner, mean[c],
-                                      parts + 2 * (c * per + j), parts + 2 * (c * per + j) + 1)
+            if plan.rows_per_block == 1:
+                for item in prange(C * per, num_threads=n_threads, schedule="static"):
+                    c = item_channel(&plan, C, item)
+                    j = item_block(&plan, C, item)
+                    b = plan_block(&plan, j)
+                    parts[2 * (c * per + j)] = 0.0
+                    parts[2 * (c * per + j) + 1] = 0.0
+                    run_gradient_sums(pg + c * gc + b.row_start * go + b.inner_start * gi, gi,
+                                      px + c * sc + b.row_start * so + b.inner_start * si, si, b.n_inner,
+                                      mean[c], parts + 2 * (c * per + j), parts + 2 * (c * per + j) + 1)
+            else:
+                n_chunks = (C + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK
+                for item in prange(per * n_chunks, num_threads=n_threads, schedule="static"):
+                    g = item // n_chunks
+                    c0 = (item % n_chunks) * CHANNEL_CHUNK
+                    b = plan_block(&plan, g)
+                    grouped_gradient_sums(pg + c0 * gc + b.row_start * go, go, gc,
+                                          px + c0 * sc + b.row_start * so, so, sc, b.n_rows,
+                                          min(CHANNEL_CHUNK, C - c0), n_inner, gi, si, &mean[c0],
+                                          parts + 2 * (c0 * per + g), 2 * per)
             for c in prange(C, num_threads=n_threads, schedule="static"):
                 sum_dy_out[c] = ordered_sum(parts + 2 * c * per, 2, per)
                 sum_dy_xmu_out[c] = ordered_sum(parts + 2 * c * per + 1, 2, per)
     finally:
         free(parts)
+
+
+cdef inline void grouped_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x,
+                                       Py_ssize_t so, Py_ssize_t sc, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                                       Py_ssize_t n_inner, Py_ssize_t gi, Py_ssize_t si, const double* mean,
+                                       double* out, Py_ssize_t out_stride) noexcept nogil:
+    """The gradient sums of one row group of up to CHANNEL_CHUNK channels, rows in memory order."""
+    cdef Py_ssize_t r, c
+    for c in range(n_channels):
+        out[c * out_stride] = 0.0
+        out[c * out_stride + 1] = 0.0
+    for r in range(n_rows):
+        for c in range(n_channels):
+            run_gradient_sums(dy + r * go + c * gc, gi, x + r * so + c * sc, si, n_inner, mean[c],
+                              out + c * out_stride, out + c * out_stride + 1)
 
 
 cdef inline double ordered_sum(const double* p, Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
@@ -425,8 +399,7 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
     cdef floating* coef_x_hat_f = coef + 4 * C
     cdef floating* coef_1_f = coef + 5 * C
     cdef BlockPlan plan
-    cdef Block b
-    cdef Py_ssize_t per, item, c, r, R, n_blocks, k, r0
+    cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
     try:
         with nogil:
             split_mean(&mean[0], C, hi, lo)
@@ -442,16 +415,16 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
                     minor_dx(pg + r0 * go, go, gc, px + r0 * so, so, sc, pd + r0 * do, do, dc,
                              min(R, n_outer - r0), C, hi, lo, invstd_f, scale_f, coef_x_hat_f, coef_1_f)
             else:
+                # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
-                per = plan.per_channel
-                for item in prange(C * per, num_threads=n_threads, schedule="static"):
-                    c = item_channel(&plan, C, item)
-                    b = plan_block(&plan, item_block(&plan, C, item))
-                    for r in range(b.row_start, b.row_start + b.n_rows):
-                        dx_run(pg + c * gc + r * go + b.inner_start * gi, gi,
-                               px + c * sc + r * so + b.inner_start * si, si,
-                               pd + c * dc + r * do + b.inner_start * di, di, b.n_inner,
-                               hi[c], lo[c], invstd_f[c], scale_f[c], coef_x_hat_f[c], coef_1_f[c])
+                for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static"):
+                    k = item % plan.chunks_per_row
+                    c = (item // plan.chunks_per_row) % C
+                    n = item // (plan.chunks_per_row * C)
+                    i0 = k * plan.chunk
+                    dx_run(pg + n * go + c * gc + i0 * gi, gi, px + n * so + c * sc + i0 * si, si,
+                           pd + n * do + c * dc + i0 * di, di, min(plan.chunk, n_inner - i0),
+                           hi[c], lo[c], invstd_f[c], scale_f[c], coef_x_hat_f[c], coef_1_f[c])
     finally:
         free(coef)
 
