@@ -1,0 +1,89 @@
+"""The build: OpenMP present when expected, and every SIMD build of the kernels gives the same bits."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bnext
+from bnext import _dispatch, _runtime
+
+
+def openmp_expected():
+    # BNEXT_OPENMP=0 asks for a single-threaded build; everywhere else the Linux build must have OpenMP.
+    return os.environ.get("BNEXT_OPENMP", "auto") != "0" and sys.platform.startswith("linux")
+
+
+def test_openmp_was_not_lost():
+    if not openmp_expected():
+        pytest.skip("a build without OpenMP was asked for, or this platform may lack it")
+    assert _runtime.openmp_enabled(), "OpenMP was expected but the kernels were built without it"
+    assert _runtime.max_threads() >= 1
+
+
+def test_dispatch_picks_the_fastest_available_build():
+    builds = _dispatch.available_builds()
+    assert builds[0] == "baseline"
+    expected = os.environ.get("BNEXT_SIMD") or builds[-1]
+    assert _dispatch.simd_path == expected
+    assert _dispatch.kernels.__name__ == _dispatch._MODULES[expected]
+
+
+def run_python(code, **env):
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+
+
+@pytest.mark.parametrize("build", _dispatch.available_builds())
+def test_forced_build_is_used(build):
+    result = run_python("import bnext._dispatch as d; print(d.simd_path)", BNEXT_SIMD=build)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == build
+
+
+def test_unknown_forced_build_is_an_import_error():
+    result = run_python("import bnext", BNEXT_SIMD="sse9")
+    assert result.returncode != 0
+    assert "BNEXT_SIMD must be one of" in result.stderr
+
+
+def kernel_outputs(module, x, dy):
+    """Every kernel of one build on (outer, C, inner) data, outputs concatenated as raw bytes."""
+    n_channels = x.shape[1]
+    mean, var = np.zeros(n_channels), np.zeros(n_channels)
+    module.batch_stats(x, mean, var, 2)
+    invstd = 1.0 / np.sqrt(var + 1e-5)
+    weight = np.linspace(0.5, 2.0, n_channels)
+    y = np.empty_like(x)
+    module.normalize(x, mean, invstd * weight, weight[::-1].copy(), y, 2)
+    sum_dy, sum_dy_xmu = np.zeros(n_channels), np.zeros(n_channels)
+    module.gradient_sums(dy, x, mean, sum_dy, sum_dy_xmu, 2)
+    dx = np.empty_like(x)
+    module.input_gradient(dy, x, mean, invstd, weight * invstd, -sum_dy_xmu * invstd / x.size,
+                          -sum_dy / x.size, dx, 2)
+    return b"".join(a.tobytes() for a in (mean, var, y, sum_dy, sum_dy_xmu, dx))
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 300), (2, 3, 9000), (500, 24, 1), (64, 1, 1)],
+                         ids=["nchw", "long-rows", "channels-last", "one-channel"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_simd_builds_are_bitwise_identical(shape, dtype):
+    builds = _dispatch.available_builds()
+    if len(builds) < 2:
+        pytest.skip("only one kernel build on this machine")
+    rng = np.random.default_rng(7)
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    baseline = kernel_outputs(importlib.import_module(_dispatch._MODULES["baseline"]), x, dy)
+    for build in builds[1:]:
+        other = kernel_outputs(importlib.import_module(_dispatch._MODULES[build]), x, dy)
+        assert other == baseline, f"{build} differs from the baseline build"
+
+
+def test_version_is_single_sourced():
+    from bnext._version import __version__
+
+    assert bnext.__version__ == __version__
