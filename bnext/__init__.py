@@ -1,6 +1,7 @@
 """bnext: fast, exact batch normalization kernels for NumPy arrays."""
 
 from . import reference
+from ._config import build_info, show_config
 from ._threads import get_num_threads, set_num_threads
 from ._version import __version__
 from .batch_norm import batch_norm_backward, batch_norm_eval, batch_norm_train
@@ -12,7 +13,9 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_eval",
     "batch_norm_train",
+    "build_info",
     "get_num_threads",
     "reference",
     "set_num_threads",
+    "show_config",
 ]

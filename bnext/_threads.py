@@ -1,8 +1,7 @@
 """The kernels' OpenMP thread count."""
 
-import operator
-
 from . import _runtime
+from ._validation import integer
 
 _override = None
 
@@ -22,10 +21,7 @@ def set_num_threads(n):
     if n is None:
         _override = None
         return
-    try:
-        n = operator.index(n)
-    except TypeError:
-        raise TypeError(f"n_threads must be an integer, got {type(n).__name__}") from None
+    n = integer("n_threads", n)
     if n < 1:
         raise ValueError(f"n_threads must be >= 1, got {n}")
     _override = n

@@ -37,11 +37,15 @@ def batch_input(name, value):
     return arr
 
 
-def channel_axis(axis, ndim):
+def integer(name, value):
     try:
-        axis = operator.index(axis)
+        return operator.index(value)
     except TypeError:
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+
+
+def channel_axis(axis, ndim):
+    axis = integer("axis", axis)
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of bounds for x with ndim {ndim}")
     return axis % ndim

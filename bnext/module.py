@@ -1,7 +1,5 @@
 """A stateful batch-norm layer in the style of torch.nn.BatchNorm2d, on NumPy arrays."""
 
-import operator
-
 import numpy as np
 
 from . import _validation as check
@@ -50,10 +48,7 @@ class BatchNorm:
 
     def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
                  axis=1, dtype=np.float32):
-        try:
-            num_features = operator.index(num_features)
-        except TypeError:
-            raise TypeError(f"num_features must be an integer, got {type(num_features).__name__}") from None
+        num_features = check.integer("num_features", num_features)
         if num_features < 0:
             raise ValueError(f"num_features must be >= 0, got {num_features}")
         dtype = np.dtype(dtype)
@@ -64,10 +59,7 @@ class BatchNorm:
         self.momentum = None if momentum is None else check.finite("momentum", momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        try:
-            self.axis = operator.index(axis)  # its range is checked against each input's ndim
-        except TypeError:
-            raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+        self.axis = check.integer("axis", axis)  # its range is checked against each input's ndim
         self.dtype = dtype
         self.weight = np.ones(num_features, dtype) if affine else None
         self.bias = np.zeros(num_features, dtype) if affine else None

@@ -28,8 +28,9 @@ cdef inline bint channel_minor(Py_ssize_t C, Py_ssize_t n_inner) noexcept nogil:
 
 
 cdef inline Py_ssize_t minor_rows_per_block(Py_ssize_t C) noexcept nogil:
-    # About BLOCK elements per block, but at least 8 rows so the per-block merge cost stays small.
-    return max(8, BLOCK // C)
+    # About BLOCK elements per block, but at least 64 rows: the per-block partials (two doubles per channel)
+    # and their merge must stay small next to the data itself.
+    return max(64, BLOCK // C)
 
 
 cdef enum:
@@ -115,10 +116,13 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
                     r0 = k * R
                     minor_block_moments(px + r0 * so, min(R, n_outer - r0), so, C, sc,
                                         minor_mean + k * C, minor_m2 + k * C)
-                for c in prange(C, num_threads=n_threads, schedule="static"):
-                    merged = minor_merge(minor_mean + c, minor_m2 + c, C, n_blocks, R, n_outer)
-                    mean_out[c] = merged.mean
-                    var_out[c] = merged.m2 / merged.count
+                for k in prange((C + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK, num_threads=n_threads,
+                                schedule="static"):
+                    minor_merge(minor_mean, minor_m2, k * CHANNEL_CHUNK, min(CHANNEL_CHUNK, C - k * CHANNEL_CHUNK),
+                                C, n_blocks, R, n_outer)
+                for c in range(C):
+                    mean_out[c] = minor_mean[c]
+                    var_out[c] = minor_m2[c] / n_outer
         finally:
             free(minor_mean)
             free(minor_m2)
@@ -184,26 +188,36 @@ cdef inline void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ss
         m2[c] = 0.0
     for r in range(n_rows):
         row = x + r * so
-        for c in range(C):
-            d = row[c * sc] - <double>x[c * sc]
-            mean[c] += d
-            m2[c] += d * d
+        if sc == 1:  # unit stride: the loop over channels vectorizes
+            for c in range(C):
+                d = row[c] - <double>x[c]
+                mean[c] += d
+                m2[c] += d * d
+        else:
+            for c in range(C):
+                d = row[c * sc] - <double>x[c * sc]
+                mean[c] += d
+                m2[c] += d * d
     for c in range(C):
         shifted_to_moments(<double>n_rows, x[c * sc], mean[c], m2[c], &mean[c], &m2[c])
 
 
-cdef inline Moments minor_merge(const double* mean, const double* m2, Py_ssize_t stride, Py_ssize_t n_blocks,
-                                Py_ssize_t rows_per_block, Py_ssize_t n_outer) noexcept nogil:
-    """Chan-merge one channel's per-block moments (stored every `stride` doubles) in block order."""
-    cdef Moments acc
-    cdef Py_ssize_t k
-    acc.count = 0.0
-    acc.mean = 0.0
-    acc.m2 = 0.0
-    for k in range(n_blocks):
-        chan_merge(&acc.count, &acc.mean, &acc.m2,
-                   <double>min(rows_per_block, n_outer - k * rows_per_block), mean[k * stride], m2[k * stride])
-    return acc
+cdef inline void minor_merge(double* mean, double* m2, Py_ssize_t c0, Py_ssize_t n_channels, Py_ssize_t C,
+                             Py_ssize_t n_blocks, Py_ssize_t rows_per_block, Py_ssize_t n_outer) noexcept nogil:
+    """Chan-merge channels c0.. c0+n_channels over the blocks (block k at mean[k * C]) into block 0's slots.
+
+    Blocks outer, channels inner: the partials are read in memory order; each channel still merges its
+    blocks in block order.
+    """
+    cdef Py_ssize_t k, c
+    cdef double count = <double>min(rows_per_block, n_outer), merged_count
+    for k in range(1, n_blocks):
+        merged_count = count
+        for c in range(c0, c0 + n_channels):
+            merged_count = count
+            chan_merge(&merged_count, &mean[c], &m2[c], <double>min(rows_per_block, n_outer - k * rows_per_block),
+                       mean[k * C + c], m2[k * C + c])
+        count = merged_count
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -368,10 +382,16 @@ cdef inline void minor_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize
         sum_dy[c] = 0.0
         sum_dy_xmu[c] = 0.0
     for r in range(n_rows):
-        for c in range(C):
-            g = dy[r * go + c * gc]
-            sum_dy[c] += g
-            sum_dy_xmu[c] += g * (x[r * so + c * sc] - mean[c])
+        if gc == 1 and sc == 1:  # unit stride: the loop over channels vectorizes
+            for c in range(C):
+                g = dy[r * go + c]
+                sum_dy[c] += g
+                sum_dy_xmu[c] += g * (x[r * so + c] - mean[c])
+        else:
+            for c in range(C):
+                g = dy[r * go + c * gc]
+                sum_dy[c] += g
+                sum_dy_xmu[c] += g * (x[r * so + c * sc] - mean[c])
 
 
 def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const double[::1] mean,
@@ -436,6 +456,11 @@ cdef inline void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, cons
                           const floating* coef_1) noexcept nogil:
     cdef Py_ssize_t r, c
     for r in range(n_rows):
-        for c in range(C):
-            dx[r * do + c * dc] = scale[c] * ((dy[r * go + c * gc] + coef_1[c])
-                                              + coef_x_hat[c] * (((x[r * so + c * sc] - hi[c]) - lo[c]) * invstd[c]))
+        if gc == 1 and sc == 1 and dc == 1:
+            for c in range(C):
+                dx[r * do + c] = scale[c] * ((dy[r * go + c] + coef_1[c])
+                                             + coef_x_hat[c] * (((x[r * so + c] - hi[c]) - lo[c]) * invstd[c]))
+        else:
+            for c in range(C):
+                dx[r * do + c * dc] = scale[c] * ((dy[r * go + c * gc] + coef_1[c])
+                                                  + coef_x_hat[c] * (((x[r * so + c * sc] - hi[c]) - lo[c]) * invstd[c]))

@@ -87,3 +87,14 @@ def test_version_is_single_sourced():
     from bnext._version import __version__
 
     assert bnext.__version__ == __version__
+
+
+def test_show_config_reports_the_build(capsys):
+    info = bnext.build_info()
+    assert info["simd_path"] == _dispatch.simd_path
+    assert info["openmp"] == _runtime.openmp_enabled()
+    assert info["num_threads"] == bnext.get_num_threads()
+    bnext.show_config()
+    printed = capsys.readouterr().out
+    assert f"simd_path    {_dispatch.simd_path}" in printed
+    assert bnext.__version__ in printed
