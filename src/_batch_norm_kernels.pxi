@@ -34,8 +34,16 @@ cdef inline Py_ssize_t minor_rows_per_block(Py_ssize_t C) noexcept nogil:
 
 
 cdef enum:
-    # Channels per work item when short rows are walked in memory order.
+    # Channels per work item when rows shorter than BLOCK are walked in memory order.
     CHANNEL_CHUNK = 64
+    # Rows this short (7x7, 14x14 maps) accumulate element-wise across rows into per-position lanes, folded
+    # once per block, instead of paying a fold per row; SHORT_CHUNK channels per work item bound the lanes.
+    SHORT_ROW = 256
+    SHORT_CHUNK = 8
+
+
+cdef inline Py_ssize_t channel_chunk(Py_ssize_t n_inner) noexcept nogil:
+    return SHORT_CHUNK if n_inner <= SHORT_ROW else CHANNEL_CHUNK
 
 
 cdef void* checked_malloc(size_t n_bytes) except NULL:
@@ -75,6 +83,14 @@ cdef inline void dx_run(const floating* dy, Py_ssize_t dys, const floating* x, P
             dx[i * dxs] = scale * ((dy[i * dys] + coef_1) + coef_x_hat * (((x[i * xs] - hi) - lo) * invstd))
 
 
+cdef inline double ordered_sum(const double* p, Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
+    cdef double s = 0.0
+    cdef Py_ssize_t k
+    for k in range(n):
+        s += p[k * stride]
+    return s
+
+
 cdef void split_mean(const double* mean, Py_ssize_t C, floating* hi, floating* lo) noexcept nogil:
     # hi + lo == mean to about 2**-48 relative in float32; in float64 lo is exactly 0.
     cdef Py_ssize_t c
@@ -104,7 +120,7 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
     cdef double* minor_mean
     cdef double* minor_m2
     cdef Block b
-    cdef Py_ssize_t per, item, c, c0, g, j, R, n_blocks, n_chunks, k, r0
+    cdef Py_ssize_t per, item, c, c0, g, j, R, n_blocks, chunk, n_chunks, k, r0
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -140,12 +156,13 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
                     parts[c * per + j] = block_moments(px + c * sc + b.row_start * so + b.inner_start * si,
                                                        b.n_rows, so, b.n_inner, si)
             else:
-                n_chunks = (C + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK
+                chunk = channel_chunk(n_inner)
+                n_chunks = (C + chunk - 1) // chunk
                 for item in prange(per * n_chunks, num_threads=n_threads, schedule="static"):
                     g = item // n_chunks
-                    c0 = (item % n_chunks) * CHANNEL_CHUNK
+                    c0 = (item % n_chunks) * chunk
                     b = plan_block(&plan, g)
-                    grouped_moments(px + c0 * sc + b.row_start * so, b.n_rows, so, min(CHANNEL_CHUNK, C - c0),
+                    grouped_moments(px + c0 * sc + b.row_start * so, b.n_rows, so, min(chunk, C - c0),
                                     sc, n_inner, si, parts + c0 * per + g, per)
             for c in prange(C, num_threads=n_threads, schedule="static"):
                 merged = merge_blocks(parts + c * per, per)
@@ -158,25 +175,67 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
 cdef inline void grouped_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t n_channels,
                                  Py_ssize_t sc, Py_ssize_t n_inner, Py_ssize_t si, Moments* out,
                                  Py_ssize_t out_stride) noexcept nogil:
-    """block_moments for one row group of up to CHANNEL_CHUNK channels, walking rows in memory order.
+    """The moments of one row group of up to CHANNEL_CHUNK channels, walking rows in memory order.
 
-    Each channel adds its rows' sums in the same order as block_moments, so the result is bitwise the same.
+    Each channel adds its rows' sums in the same order as block_moments would; rows of at most SHORT_ROW
+    values go through short_rows_sums instead.
     """
     cdef double sums[2 * CHANNEL_CHUNK]
     cdef Py_ssize_t r, c
     cdef Moments* m
-    for c in range(2 * n_channels):
-        sums[c] = 0.0
-    for r in range(n_rows):
-        for c in range(n_channels):
-            run_shifted_sums(x + r * so + c * sc, n_inner, si, x[c * sc], &sums[2 * c], &sums[2 * c + 1])
+    if n_inner <= SHORT_ROW:
+        short_rows_sums(x, n_rows, so, n_channels, sc, n_inner, si, sums)
+    else:
+        for c in range(2 * n_channels):
+            sums[c] = 0.0
+        for r in range(n_rows):
+            for c in range(n_channels):
+                run_shifted_sums(x + r * so + c * sc, n_inner, si, x[c * sc], &sums[2 * c], &sums[2 * c + 1])
     for c in range(n_channels):
         m = out + c * out_stride
         m.count = <double>(n_rows * n_inner)
         shifted_to_moments(m.count, x[c * sc], sums[2 * c], sums[2 * c + 1], &m.mean, &m.m2)
 
 
-cdef inline void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t C,
+cdef void short_rows_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t n_channels,
+                                 Py_ssize_t sc, Py_ssize_t n_inner, Py_ssize_t si, double* sums) noexcept nogil:
+    """sums[2c], sums[2c + 1] = sum(d), sum(d * d) of channel c's block, d = x - its first value.
+
+    Position i of every row adds into lane i (an element-wise loop the compiler vectorizes); the lanes are
+    summed in order once at the end.
+    """
+    cdef double lanes_d[SHORT_CHUNK * SHORT_ROW]
+    cdef double lanes_d2[SHORT_CHUNK * SHORT_ROW]
+    cdef double* lane_d
+    cdef double* lane_d2
+    cdef const floating* row
+    cdef double d, shift
+    cdef Py_ssize_t r, c, i
+    for i in range(n_channels * n_inner):
+        lanes_d[i] = 0.0
+        lanes_d2[i] = 0.0
+    for r in range(n_rows):
+        for c in range(n_channels):
+            row = x + r * so + c * sc
+            shift = x[c * sc]
+            lane_d = lanes_d + c * n_inner
+            lane_d2 = lanes_d2 + c * n_inner
+            if si == 1:
+                for i in range(n_inner):
+                    d = row[i] - shift
+                    lane_d[i] += d
+                    lane_d2[i] += d * d
+            else:
+                for i in range(n_inner):
+                    d = row[i * si] - shift
+                    lane_d[i] += d
+                    lane_d2[i] += d * d
+    for c in range(n_channels):
+        sums[2 * c] = ordered_sum(lanes_d + c * n_inner, 1, n_inner)
+        sums[2 * c + 1] = ordered_sum(lanes_d2 + c * n_inner, 1, n_inner)
+
+
+cdef void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t C,
                                      Py_ssize_t sc, double* mean, double* m2) noexcept nogil:
     # One pass over n_rows rows of C channels, shifted by the block's first row; the loops over c are
     # independent per channel. mean and m2 hold the sums of d and d*d until the end.
@@ -202,7 +261,7 @@ cdef inline void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ss
         shifted_to_moments(<double>n_rows, x[c * sc], mean[c], m2[c], &mean[c], &m2[c])
 
 
-cdef inline void minor_merge(double* mean, double* m2, Py_ssize_t c0, Py_ssize_t n_channels, Py_ssize_t C,
+cdef void minor_merge(double* mean, double* m2, Py_ssize_t c0, Py_ssize_t n_channels, Py_ssize_t C,
                              Py_ssize_t n_blocks, Py_ssize_t rows_per_block, Py_ssize_t n_outer) noexcept nogil:
     """Chan-merge channels c0.. c0+n_channels over the blocks (block k at mean[k * C]) into block 0's slots.
 
@@ -266,7 +325,7 @@ def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::
         free(coef)
 
 
-cdef inline void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, floating* y, Py_ssize_t yo,
+cdef void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, floating* y, Py_ssize_t yo,
                               Py_ssize_t yc, Py_ssize_t n_rows, Py_ssize_t C, const floating* hi,
                               const floating* lo, const floating* scale, const floating* shift) noexcept nogil:
     cdef Py_ssize_t r, c
@@ -299,7 +358,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
     cdef BlockPlan plan
     cdef Block b
     cdef double* parts
-    cdef Py_ssize_t per, item, c, c0, g, j, r, R, n_blocks, n_chunks, k, r0
+    cdef Py_ssize_t per, item, c, c0, g, j, r, R, n_blocks, chunk, n_chunks, k, r0
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -333,14 +392,15 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
                                       px + c * sc + b.row_start * so + b.inner_start * si, si, b.n_inner,
                                       mean[c], parts + 2 * (c * per + j), parts + 2 * (c * per + j) + 1)
             else:
-                n_chunks = (C + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK
+                chunk = channel_chunk(n_inner)
+                n_chunks = (C + chunk - 1) // chunk
                 for item in prange(per * n_chunks, num_threads=n_threads, schedule="static"):
                     g = item // n_chunks
-                    c0 = (item % n_chunks) * CHANNEL_CHUNK
+                    c0 = (item % n_chunks) * chunk
                     b = plan_block(&plan, g)
                     grouped_gradient_sums(pg + c0 * gc + b.row_start * go, go, gc,
                                           px + c0 * sc + b.row_start * so, so, sc, b.n_rows,
-                                          min(CHANNEL_CHUNK, C - c0), n_inner, gi, si, &mean[c0],
+                                          min(chunk, C - c0), n_inner, gi, si, &mean[c0],
                                           parts + 2 * (c0 * per + g), 2 * per)
             for c in prange(C, num_threads=n_threads, schedule="static"):
                 sum_dy_out[c] = ordered_sum(parts + 2 * c * per, 2, per)
@@ -355,6 +415,10 @@ cdef inline void grouped_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssi
                                        double* out, Py_ssize_t out_stride) noexcept nogil:
     """The gradient sums of one row group of up to CHANNEL_CHUNK channels, rows in memory order."""
     cdef Py_ssize_t r, c
+    if n_inner <= SHORT_ROW:
+        short_rows_gradient_sums(dy, go, gc, x, so, sc, n_rows, n_channels, n_inner, gi, si, mean, out,
+                                 out_stride)
+        return
     for c in range(n_channels):
         out[c * out_stride] = 0.0
         out[c * out_stride + 1] = 0.0
@@ -364,15 +428,45 @@ cdef inline void grouped_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssi
                               out + c * out_stride, out + c * out_stride + 1)
 
 
-cdef inline double ordered_sum(const double* p, Py_ssize_t stride, Py_ssize_t n) noexcept nogil:
-    cdef double s = 0.0
-    cdef Py_ssize_t k
-    for k in range(n):
-        s += p[k * stride]
-    return s
+cdef void short_rows_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x,
+                                          Py_ssize_t so, Py_ssize_t sc, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                                          Py_ssize_t n_inner, Py_ssize_t gi, Py_ssize_t si, const double* mean,
+                                          double* out, Py_ssize_t out_stride) noexcept nogil:
+    """grouped_gradient_sums for rows of at most SHORT_ROW values, with per-position lanes (short_rows_sums)."""
+    cdef double lanes_g[SHORT_CHUNK * SHORT_ROW]
+    cdef double lanes_gx[SHORT_CHUNK * SHORT_ROW]
+    cdef double* lane_g
+    cdef double* lane_gx
+    cdef const floating* dy_row
+    cdef const floating* x_row
+    cdef double g, center
+    cdef Py_ssize_t r, c, i
+    for i in range(n_channels * n_inner):
+        lanes_g[i] = 0.0
+        lanes_gx[i] = 0.0
+    for r in range(n_rows):
+        for c in range(n_channels):
+            dy_row = dy + r * go + c * gc
+            x_row = x + r * so + c * sc
+            center = mean[c]
+            lane_g = lanes_g + c * n_inner
+            lane_gx = lanes_gx + c * n_inner
+            if gi == 1 and si == 1:
+                for i in range(n_inner):
+                    g = dy_row[i]
+                    lane_g[i] += g
+                    lane_gx[i] += g * (x_row[i] - center)
+            else:
+                for i in range(n_inner):
+                    g = dy_row[i * gi]
+                    lane_g[i] += g
+                    lane_gx[i] += g * (x_row[i * si] - center)
+    for c in range(n_channels):
+        out[c * out_stride] = ordered_sum(lanes_g + c * n_inner, 1, n_inner)
+        out[c * out_stride + 1] = ordered_sum(lanes_gx + c * n_inner, 1, n_inner)
 
 
-cdef inline void minor_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc,
+cdef void minor_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc,
                                      const floating* x, Py_ssize_t so, Py_ssize_t sc,
                                      Py_ssize_t n_rows, Py_ssize_t C, const double* mean,
                                      double* sum_dy, double* sum_dy_xmu) noexcept nogil:
@@ -449,7 +543,7 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
         free(coef)
 
 
-cdef inline void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x, Py_ssize_t so,
+cdef void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x, Py_ssize_t so,
                           Py_ssize_t sc, floating* dx, Py_ssize_t do, Py_ssize_t dc, Py_ssize_t n_rows,
                           Py_ssize_t C, const floating* hi, const floating* lo, const floating* invstd,
                           const floating* scale, const floating* coef_x_hat,
