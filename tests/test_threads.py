@@ -15,6 +15,8 @@ SHAPES = {
     "few-channels-long-batch": ((40000, 3), 1),
     "channels-last": ((16, 8, 8, 5), -1),
     "NCHW": ((32, 3, 20, 20), 1),
+    "NCHW-short-rows": ((20, 21, 7, 7), 1),
+    "NCHW-long-rows": ((3, 2, 9000), 1),
     "one-channel": ((50000, 1), 1),
 }
 

@@ -1,0 +1,38 @@
+"""Each traversal the kernels choose from the shape agrees with the reference.
+
+The kernels walk (outer, C, inner) views in one of several ways (src/_batch_norm_kernels.pxi); these shapes
+put each one, and its chunk boundaries, under test in float64 where the tolerance is tight.
+"""
+
+import pytest
+
+from bn_helpers import (KERNEL_NAMES, as_tuple, assert_results_close, call, copy_params, fast_and_reference,
+                        make_params, random_x)
+
+PATHS = {
+    # inner <= 256: per-position lanes, 8 channels per work item (21 = 2 full chunks + 5).
+    "short-rows": ((20, 21, 7, 7), 1),
+    # 256 < inner < 4096: a fold per row, 64 channels per work item (70 = 64 + 6), several row groups.
+    "medium-rows": ((40, 70, 300), 1),
+    # inner >= 4096: rows cut into equal chunks.
+    "long-rows": ((3, 5, 9001), 1),
+    # channels-last, C > 1: channel-minor blocks of >= 64 rows, merged 64 channels at a time (130 = 2*64 + 2).
+    "channels-last": ((300, 130), 1),
+    "channels-last-few": ((1000, 3), -1),
+    # one channel, inner == 1: turned into one long run.
+    "one-channel": ((9000, 1), 1),
+    # a channel axis in the middle of a 5-D array.
+    "middle-axis": ((2, 3, 6, 4, 5), 2),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_each_traversal_matches_reference(name, path, dtype, rng):
+    shape, axis = PATHS[path]
+    x = random_x(shape, axis, dtype, rng, offset=50.0, spread=3.0)
+    params = make_params(name, x, axis, rng)
+    fast, reference = fast_and_reference(name)
+    actual = as_tuple(call(fast, copy_params(params)))
+    expected = as_tuple(call(reference, copy_params(params)))
+    assert_results_close(name, actual, expected, params, what=path)
