@@ -1,8 +1,8 @@
 """Batch normalization: training forward, inference forward and training backward.
 
 Every function validates all of its arguments first, then hands (outer, C, inner) views to the Cython
-kernels in ``bnext._batch_norm``. Statistics are accumulated in double; the returned mean/invstd are in x's
-dtype.
+kernels (the SIMD build that ``bnext._dispatch`` picked for this CPU). Statistics are accumulated in double;
+the returned mean/invstd are in x's dtype.
 """
 
 import math
