@@ -52,6 +52,10 @@ SIMD_FLAGS = {
     "bnext._batch_norm": [],
     "bnext._batch_norm_avx2": ["-mavx2", "-mfma"],
     "bnext._batch_norm_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
+    # Layer, group and instance norm (src/_family_kernels.pxi), built the same three ways.
+    "bnext._family": [],
+    "bnext._family_avx2": ["-mavx2", "-mfma"],
+    "bnext._family_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
 }
 
 

@@ -44,3 +44,5 @@ def _select():
 
 simd_path = _select()
 kernels = importlib.import_module(_MODULES[simd_path])
+# Layer, group and instance norm's own kernels (src/_family_kernels.pxi), built the same three ways.
+family_kernels = importlib.import_module(_MODULES[simd_path].replace("_batch_norm", "_family"))

@@ -66,3 +66,26 @@ class Output:
         if self.scratch is not None:
             np.copyto(self.out, self.scratch)
         return self.array
+
+
+class RowsOutput:
+    """The C-ordered array a row kernel (2-D views, unit stride along rows) writes, for an output like `like`.
+
+    `out` itself when it is C-contiguous and overlaps no input other than exactly (in place); otherwise a
+    scratch array that `finish` copies into `out`.
+    """
+
+    def __init__(self, out, like, inputs):
+        self.out = out
+        self.array = np.empty(like.shape, like.dtype) if out is None else out
+        aliased = out is not None and any(
+            np.may_share_memory(out, a) and not same_memory_layout(out, a) for a in inputs)
+        if self.array.flags.c_contiguous and not aliased:
+            self.target = self.array
+        else:
+            self.target = np.empty(like.shape, like.dtype)
+
+    def finish(self):
+        if self.target is not self.array:
+            np.copyto(self.array, self.target)
+        return self.array

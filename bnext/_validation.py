@@ -115,3 +115,39 @@ def finite(name, value):
 def same_shape(name, arr, like):
     if arr.shape != like.shape:
         raise ValueError(f"{name} must have the shape of x {like.shape}, got {arr.shape}")
+
+
+def nonnegative_finite(name, value):
+    value = real_number(name, value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    return value
+
+
+def shape_tuple(name, value):
+    """An int or a sequence of ints as a tuple of non-negative ints (e.g. normalized_shape)."""
+    if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        value = (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {type(value).__name__}") from None
+    shape = tuple(integer(name, item) for item in items)
+    if any(size < 0 for size in shape):
+        raise ValueError(f"{name} must hold sizes >= 0, got {shape}")
+    return shape
+
+
+def param_array(name, value, shape, *, required=False, also=()):
+    """A parameter as a float64 C-ordered array of `shape`, or None when optional and absent.
+
+    `also` lists other accepted shapes of the same size (e.g. PyTorch's keepdim-style saved statistics).
+    """
+    if value is None:
+        if required:
+            raise TypeError(f"{name} must be a float32 or float64 array of shape {shape}, got None")
+        return None
+    arr = float_array(name, value)
+    if arr.shape != tuple(shape) and arr.shape not in [tuple(s) for s in also]:
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float64).reshape(shape)

@@ -26,7 +26,9 @@ import functools
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_index
 
-__all__ = ["batch_norm_train", "batch_norm_eval", "batch_norm_backward"]
+__all__ = ["batch_norm_train", "batch_norm_eval", "batch_norm_backward", "layer_norm", "layer_norm_backward",
+           "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward", "standardize",
+           "minmax_scale"]
 
 
 def _channel_view(x, axis):
@@ -276,3 +278,178 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None):
         dx = (weight64 * invstd64 / m) * (
             m * dy64 - dbias.reshape(param_shape) - x_hat * dweight.reshape(param_shape))
     return _store(dx, dtype, out), dweight.astype(dtype), dbias.astype(dtype)
+
+
+# ----------------------------------------------------------------- the family: layer, group, instance norm
+#
+# Each normalizes "rows": a (rows, m) float64 matrix whose rows are normalized by their own two-pass mean
+# and biased variance. Layer norm's rows are samples, group norm's are (sample, group) pairs.
+
+def _row_stats(rows, eps):
+    """Two-pass mean, biased variance and invstd of each row, shifted by the row's first value."""
+    if rows.shape[1] == 0:
+        zeros = np.zeros(rows.shape[0])
+        return zeros, zeros, 1.0 / np.sqrt(zeros + eps)
+    first = rows[:, :1]
+    mean = first[:, 0] + (rows - first).sum(axis=1) / rows.shape[1]
+    centered = rows - mean[:, None]
+    var = (centered * centered).sum(axis=1) / rows.shape[1]
+    return mean, var, 1.0 / np.sqrt(var + eps)
+
+
+def _row_backward(dy_rows, x_hat, invstd):
+    """dx of row normalization for g = dL/dx_hat: invstd * (g - mean(g) - x_hat * mean(g * x_hat))."""
+    m = max(1, x_hat.shape[1])
+    return invstd[:, None] * (dy_rows - dy_rows.sum(axis=1, keepdims=True) / m
+                              - x_hat * (dy_rows * x_hat).sum(axis=1, keepdims=True) / m)
+
+
+def _shape_tuple(normalized_shape):
+    return (int(normalized_shape),) if np.ndim(normalized_shape) == 0 else tuple(int(s) for s in normalized_shape)
+
+
+@_quiet_nonfinite
+def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
+    """Layer normalization over the trailing `normalized_shape` dims; returns (y, mean, invstd).
+
+    mean and invstd have shape ``x.shape[:-len(normalized_shape)]``; weight and bias (optional) the
+    normalized shape.
+    """
+    x = np.asarray(x)
+    shape = _shape_tuple(normalized_shape)
+    outer = x.shape[:x.ndim - len(shape)]
+    rows = x.astype(np.float64).reshape(int(np.prod(outer)), int(np.prod(shape)))
+    mean, _, invstd = _row_stats(rows, eps)
+    y = (rows - mean[:, None]) * invstd[:, None]
+    if weight is not None:
+        y = y * np.asarray(weight, dtype=np.float64).reshape(1, -1)
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float64).reshape(1, -1)
+    return _store(y.reshape(x.shape), x.dtype, out), mean.reshape(outer).astype(x.dtype), invstd.reshape(outer).astype(x.dtype)
+
+
+@_quiet_nonfinite
+def layer_norm_backward(dy, x, mean, invstd, weight=None, *, normalized_shape, out=None):
+    """Gradients of layer_norm: (dx, dweight, dbias), dweight/dbias of the normalized shape."""
+    x = np.asarray(x)
+    shape = _shape_tuple(normalized_shape)
+    n_rows, length = int(np.prod(x.shape[:x.ndim - len(shape)])), int(np.prod(shape))
+    rows = x.astype(np.float64).reshape(n_rows, length)
+    dy_rows = np.asarray(dy, dtype=np.float64).reshape(n_rows, length)
+    mean = np.asarray(mean, dtype=np.float64).reshape(n_rows)
+    invstd = np.asarray(invstd, dtype=np.float64).reshape(n_rows)
+    x_hat = (rows - mean[:, None]) * invstd[:, None]
+    w = np.ones(length) if weight is None else np.asarray(weight, dtype=np.float64).reshape(length)
+    dx = _row_backward(dy_rows * w, x_hat, invstd)
+    dweight = (dy_rows * x_hat).sum(axis=0).reshape(shape)
+    dbias = dy_rows.sum(axis=0).reshape(shape)
+    return _store(dx.reshape(x.shape), x.dtype, out), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+def _per_channel(value, n_channels, default):
+    return np.broadcast_to(_as_float64_param(value, n_channels, default), (1, n_channels)).reshape(1, n_channels, 1)
+
+
+@_quiet_nonfinite
+def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, out=None):
+    """Group normalization of x (N, C, *): statistics per (sample, group); returns (y, mean, invstd) (N, G)."""
+    x = np.asarray(x)
+    n, n_channels = x.shape[:2]
+    groups = x.astype(np.float64).reshape(n * num_groups, -1) if x.size else np.zeros((n * num_groups, 0))
+    mean, _, invstd = _row_stats(groups, eps)
+    x_hat = ((groups - mean[:, None]) * invstd[:, None]).reshape(n, n_channels, -1)
+    y = x_hat * _per_channel(weight, n_channels, 1.0) + _per_channel(bias, n_channels, 0.0)
+    return (_store(y.reshape(x.shape), x.dtype, out), mean.reshape(n, num_groups).astype(x.dtype),
+            invstd.reshape(n, num_groups).astype(x.dtype))
+
+
+@_quiet_nonfinite
+def group_norm_backward(dy, x, mean, invstd, weight=None, *, num_groups, out=None, _batch_stats=True):
+    """Gradients of group_norm: (dx, dweight, dbias), dweight/dbias of shape (C,)."""
+    x = np.asarray(x)
+    n, n_channels = x.shape[:2]
+    x3 = x.astype(np.float64).reshape(n, n_channels, -1)
+    dy3 = np.asarray(dy, dtype=np.float64).reshape(x3.shape)
+    per_group = n_channels // num_groups
+    mean_c = np.repeat(np.asarray(mean, dtype=np.float64).reshape(n, num_groups), per_group, axis=1)[:, :, None]
+    invstd_g = np.asarray(invstd, dtype=np.float64).reshape(n * num_groups)
+    invstd_c = np.repeat(invstd_g.reshape(n, num_groups), per_group, axis=1)[:, :, None]
+    x_hat = (x3 - mean_c) * invstd_c
+    g = dy3 * _per_channel(weight, n_channels, 1.0)
+    if _batch_stats:
+        dx = _row_backward(g.reshape(n * num_groups, -1), x_hat.reshape(n * num_groups, -1), invstd_g)
+    else:
+        dx = g * invstd_c
+    dweight = (dy3 * x_hat).sum(axis=(0, 2))
+    dbias = dy3.sum(axis=(0, 2))
+    return _store(dx.reshape(x.shape), x.dtype, out), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+@_quiet_nonfinite
+def instance_norm(x, weight=None, bias=None, *, eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
+                  use_input_stats=True, out=None):
+    """Instance normalization of x (N, C, *): group norm with G = C; returns (y, mean, invstd) (N, C).
+
+    With use_input_stats the running buffers (when given) move towards the batch averages of the instance
+    means and unbiased instance variances; otherwise they normalize x.
+    """
+    x = np.asarray(x)
+    n, n_channels = x.shape[:2]
+    if not use_input_stats:
+        mean = np.broadcast_to(np.asarray(running_mean, dtype=np.float64), (n, n_channels))
+        invstd = np.broadcast_to(1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps), (n, n_channels))
+        x_hat = (x.astype(np.float64).reshape(n, n_channels, -1) - mean[:, :, None]) * invstd[:, :, None]
+        y = x_hat * _per_channel(weight, n_channels, 1.0) + _per_channel(bias, n_channels, 0.0)
+        return _store(y.reshape(x.shape), x.dtype, out), mean.astype(x.dtype), invstd.astype(x.dtype)
+    spatial = int(np.prod(x.shape[2:]))
+    rows = x.astype(np.float64).reshape(n * n_channels, spatial)
+    mean, var, _ = _row_stats(rows, eps)
+    if x.size and spatial > 1:
+        for buffer, batch_value in ((running_mean, mean.reshape(n, n_channels).mean(axis=0)),
+                                    (running_var, (var * spatial / (spatial - 1)).reshape(n, n_channels).mean(axis=0))):
+            if buffer is not None:
+                buffer[...] = (1.0 - momentum) * buffer.astype(np.float64) + momentum * batch_value
+    return group_norm(x, n_channels, weight, bias, eps=eps, out=out)
+
+
+def instance_norm_backward(dy, x, mean, invstd, weight=None, *, use_input_stats=True, out=None):
+    """Gradients of instance_norm: (dx, dweight, dbias), dweight/dbias of shape (C,)."""
+    return group_norm_backward(dy, x, mean, invstd, weight, num_groups=np.shape(x)[1], out=out,
+                               _batch_stats=use_input_stats)
+
+
+# ----------------------------------------------------------------- feature scaling
+
+def _samples(x, axis):
+    """x as a float64 (samples, features) matrix with the sample axis first, and a function undoing that."""
+    moved = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0)
+    def restore(result):
+        return np.moveaxis(result.reshape(moved.shape), 0, axis)
+    return moved.reshape(moved.shape[0], -1), restore
+
+
+@_quiet_nonfinite
+def standardize(x, axis=0, *, ddof=0, eps=0.0, out=None):
+    """(x - mean) / sqrt(var + eps) per feature along the sample axis; zero-spread features become 0."""
+    x = np.asarray(x)
+    samples, restore = _samples(x, axis)
+    n = samples.shape[0]
+    mean = samples.mean(axis=0) if n else np.zeros(samples.shape[1])
+    var = ((samples - mean) ** 2).sum(axis=0) / max(1, n - ddof)
+    std = np.sqrt(var + eps)
+    y = (samples - mean) / np.where(std == 0, 1.0, std)
+    return _store(restore(y), x.dtype, out)
+
+
+@_quiet_nonfinite
+def minmax_scale(x, axis=0, *, feature_range=(0, 1), out=None):
+    """(x - min) * (high - low) / (max - min) + low per feature, NaN ignored; constant features map to low."""
+    x = np.asarray(x)
+    low, high = feature_range
+    samples, restore = _samples(x, axis)
+    if samples.size == 0:
+        return _store(restore(samples), x.dtype, out)
+    minimum, maximum = np.nanmin(samples, axis=0), np.nanmax(samples, axis=0)
+    data_range = maximum - minimum
+    y = (samples - minimum) * ((high - low) / np.where(data_range == 0, 1.0, data_range)) + low
+    return _store(restore(y), x.dtype, out)

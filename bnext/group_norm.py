@@ -1,0 +1,197 @@
+"""Group normalization: statistics per (sample, group of channels), per-channel affine.
+
+Everything but one elementwise backward pass is batch norm's kernels on free reshapes of C-ordered x of
+shape (N, C, *): the statistics are batch_stats on (1, N * G, C / G * prod(*)) (each (n, g) a "channel"),
+y is normalize on (1, N * C, prod(*)) with per-(n, c) mean, scale = invstd * weight and shift = bias, and the
+backward sums are gradient_sums on that same view. dx needs dy scaled by the channel's weight inside the
+bracket (src/_family_kernels.pxi: row_input_gradient). Instance norm is the case G = C.
+"""
+
+import math
+
+import numpy as np
+
+from . import _validation as check
+from ._dispatch import family_kernels, kernels
+from ._layout import RowsOutput
+from ._threads import get_num_threads
+
+_LAYOUT_NOTE = """
+    The kernels read C-ordered (N, C, *) data: other strides (channels-last, Fortran order, transposed
+    or strided views) are first copied to C order. C-contiguous data is never copied."""
+
+
+def _groups(x, num_groups):
+    n_channels = x.shape[1]
+    num_groups = check.integer("num_groups", num_groups)
+    if num_groups < 1:
+        raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+    if n_channels % num_groups:
+        raise ValueError(f"num_channels {n_channels} of x must be divisible by num_groups {num_groups}")
+    return num_groups
+
+
+def _forward(x, num_groups, weight, bias, eps, out, *, mean=None, invstd=None):
+    """(y, mean, var, invstd) with float64 statistics of shape (N, G) for checked x (N, C, *).
+
+    Given mean and invstd of shape (N, G), they are used instead of batch statistics (var is then None).
+    """
+    n, n_channels = x.shape[:2]
+    spatial = math.prod(x.shape[2:])
+    per_group = n_channels // num_groups
+    target = RowsOutput(out, x, [x])
+    var = None
+    if mean is None:
+        mean = np.zeros((n, num_groups))
+        var = np.zeros((n, num_groups))
+        invstd = 1.0 / np.sqrt(var + eps)
+    if x.size == 0:
+        return target.finish(), mean, var, invstd
+    x_c = np.ascontiguousarray(x)
+    n_threads = get_num_threads()
+    if var is not None:
+        kernels.batch_stats(x_c.reshape(1, n * num_groups, per_group * spatial), mean.reshape(-1),
+                            var.reshape(-1), n_threads)
+        invstd = 1.0 / np.sqrt(var + eps)
+    weight = np.ones(n_channels) if weight is None else weight
+    bias = np.zeros(n_channels) if bias is None else bias
+    row_mean = np.repeat(mean, per_group, axis=1).reshape(-1)
+    scale = (np.repeat(invstd, per_group, axis=1) * weight).reshape(-1)
+    shift = np.broadcast_to(bias, (n, n_channels)).reshape(-1)
+    kernels.normalize(x_c.reshape(1, n * n_channels, spatial), row_mean, scale, shift,
+                      target.target.reshape(1, n * n_channels, spatial), n_threads)
+    return target.finish(), mean, var, invstd
+
+
+def _backward(dy, x, mean, invstd, weight, num_groups, out, batch_stats=True):
+    """(dx, dweight, dbias) for checked x (N, C, *), dy and float64 (N, G) mean and invstd.
+
+    With batch_stats the statistics depend on x (training); otherwise they are constants and
+    dx = dy * weight * invstd.
+    """
+    n, n_channels = x.shape[:2]
+    spatial = math.prod(x.shape[2:])
+    per_group = n_channels // num_groups
+    count = per_group * spatial
+    target = RowsOutput(out, x, [x, dy])
+    if x.size == 0:
+        return target.finish(), np.zeros(n_channels), np.zeros(n_channels)
+    x_rows = np.ascontiguousarray(x).reshape(n * n_channels, spatial)
+    dy_rows = np.ascontiguousarray(dy).reshape(n * n_channels, spatial)
+    n_threads = get_num_threads()
+    row_mean = np.repeat(mean, per_group, axis=1)
+    row_invstd = np.repeat(invstd, per_group, axis=1)
+    sum_dy = np.zeros((n, n_channels))
+    sum_dy_xmu = np.zeros((n, n_channels))
+    kernels.gradient_sums(dy_rows.reshape(1, n * n_channels, spatial), x_rows.reshape(1, n * n_channels, spatial),
+                          row_mean.reshape(-1), sum_dy.reshape(-1), sum_dy_xmu.reshape(-1), n_threads)
+    dbias = sum_dy.sum(axis=0)
+    dweight = (sum_dy_xmu * row_invstd).sum(axis=0)
+    weight = np.ones(n_channels) if weight is None else weight
+    if batch_stats:
+        # dx = invstd * (w * dy - mean(w * dy) - x_hat * mean(w * dy * x_hat)) over each (n, g).
+        group_dy = (sum_dy * weight).reshape(n, num_groups, per_group).sum(axis=2) / count
+        group_dy_x_hat = (sum_dy_xmu * weight).reshape(n, num_groups, per_group).sum(axis=2) * invstd / count
+        coef_1 = -np.repeat(group_dy, per_group, axis=1)
+        coef_x_hat = -np.repeat(group_dy_x_hat, per_group, axis=1)
+    else:
+        coef_1 = coef_x_hat = np.zeros((n, n_channels))
+    row_weight = np.broadcast_to(weight, (n, n_channels)).reshape(-1)
+    family_kernels.row_input_gradient(dy_rows, x_rows, row_mean.reshape(-1), row_invstd.reshape(-1),
+                                      row_invstd.reshape(-1), row_weight, coef_1.reshape(-1),
+                                      coef_x_hat.reshape(-1), target.target.reshape(n * n_channels, spatial),
+                                      n_threads)
+    return target.finish(), dweight, dbias
+
+
+def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, out=None):
+    """Normalize each group of channels of each sample (torch.nn.functional.group_norm).
+
+    Parameters
+    ----------
+    x : array of shape (N, C, *), float32 or float64
+    num_groups : int
+        G; C must be divisible by it. G = 1 is layer norm over (C, *) with a per-channel affine; G = C is
+        instance norm.
+    weight, bias : arrays of shape (C,), optional
+        Per-channel scale and shift; None means 1 and 0.
+    eps : float, default 1e-5
+    out : array of x's shape and dtype, optional
+        Where y is written; may be x itself.
+
+    Returns
+    -------
+    y : array of x's shape and dtype
+    mean, invstd : arrays of shape (N, G) in x's dtype
+        As saved for `group_norm_backward`.
+    {layout}
+
+    Examples
+    --------
+    >>> import numpy as np, bnext
+    >>> x = np.array([[[1.0], [2.0], [3.0], [4.0]]])  # N = 1, C = 4
+    >>> y, mean, invstd = bnext.group_norm(x, 2)
+    >>> np.round(y.ravel(), 3), mean
+    (array([-1.   ,  1.   , -1.   ,  1.   ]), array([[1.5, 3.5]]))
+    """
+    x = check.batch_input("x", x)
+    num_groups = _groups(x, num_groups)
+    weight = check.channel_vector("weight", weight, x.shape[1])
+    bias = check.channel_vector("bias", bias, x.shape[1])
+    eps = check.positive_finite("eps", eps)
+    out = check.out_array(out, x)
+    y, mean, _, invstd = _forward(x, num_groups, weight, bias, eps, out)
+    return y, mean.astype(y.dtype), invstd.astype(y.dtype)
+
+
+def group_norm_backward(dy, x, mean, invstd, weight=None, *, num_groups, out=None):
+    """Gradients of `group_norm` from its saved mean and invstd.
+
+    Parameters
+    ----------
+    dy : array of x's shape
+        Gradient of the loss with respect to y (cast to x's dtype if needed).
+    x : array of shape (N, C, *), float32 or float64
+    mean, invstd : arrays of shape (N, G)
+        As returned by `group_norm`.
+    weight : array of shape (C,), optional
+    num_groups : int
+    out : array of x's shape and dtype, optional
+        Where dx is written; may be dy or x itself.
+
+    Returns
+    -------
+    dx : array of x's shape and dtype
+    dweight, dbias : arrays of shape (C,) in x's dtype
+        ``sum(dy * x_hat)`` and ``sum(dy)`` per channel, accumulated in double.
+    {layout}
+
+    Examples
+    --------
+    >>> import numpy as np, bnext
+    >>> x = np.array([[[1.0], [2.0], [3.0], [4.0]]])
+    >>> y, mean, invstd = bnext.group_norm(x, 2)
+    >>> dx, dweight, dbias = bnext.group_norm_backward(np.ones_like(x), x, mean, invstd, num_groups=2)
+    >>> dbias, bool(np.abs(dx).max() < 1e-12)
+    (array([1., 1., 1., 1.]), True)
+    """
+    x, dy, mean, invstd, weight, num_groups, out = _check_backward(dy, x, mean, invstd, weight, num_groups, out)
+    dx, dweight, dbias = _backward(dy, x, mean, invstd, weight, num_groups, out)
+    return dx, dweight.astype(dx.dtype), dbias.astype(dx.dtype)
+
+
+def _check_backward(dy, x, mean, invstd, weight, num_groups, out):
+    x = check.batch_input("x", x)
+    dy = check.float_array("dy", dy)
+    check.same_shape("dy", dy, x)
+    num_groups = _groups(x, num_groups)
+    stat_shape = (x.shape[0], num_groups)
+    mean = check.param_array("mean", mean, stat_shape, required=True)
+    invstd = check.param_array("invstd", invstd, stat_shape, required=True)
+    weight = check.channel_vector("weight", weight, x.shape[1])
+    out = check.out_array(out, x)
+    return x, dy.astype(x.dtype, copy=False), mean, invstd, weight, num_groups, out
+
+
+for _function in (group_norm, group_norm_backward):
+    _function.__doc__ = _function.__doc__.replace("{layout}", _LAYOUT_NOTE)

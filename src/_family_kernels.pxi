@@ -1,0 +1,251 @@
+"""Kernels of batch norm's siblings (layer, group and instance norm) over 2-D row views (rows, length).
+
+Only what the batch-norm kernels cannot do lives here. Their statistics come from batch_norm's batch_stats
+and gradient_sums on free reshapes ((1, N, D) for layer norm, (1, N * G, C / G * HW) for group norm), and
+the group-norm forward is batch_norm's normalize with per-(n, c) vectors. What is new is an affine indexed
+along the row (layer norm's weight over normalized_shape) and a dx whose dy is scaled per row (group norm's
+per-channel weight, which may be 0, so it cannot be divided out of batch norm's dx formula).
+
+Every array is a C-ordered 2-D view: row stride free, unit stride along the row (the Python layer copies
+anything else to C order first). Work items depend on the shape only, never on the thread count, and
+every reduction is summed in a fixed order, so results are bitwise identical for any n_threads.
+"""
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
+
+from _moments cimport BLOCK, HALF_LANES, LANES, fold_lanes
+
+
+cdef void* family_malloc(size_t n_bytes) except NULL:
+    cdef void* p = malloc(n_bytes if n_bytes > 0 else 1)
+    if p == NULL:
+        raise MemoryError(f"bnext could not allocate {n_bytes} bytes of scratch space")
+    return p
+
+
+cdef struct RowItems:
+    # Elementwise work items over (rows, length): whole rows grouped to about BLOCK values, or long rows cut
+    # into chunks of at most BLOCK values.
+    Py_ssize_t rows_per_item
+    Py_ssize_t chunks_per_row
+    Py_ssize_t chunk
+    Py_ssize_t n_items
+
+
+cdef inline RowItems row_items(Py_ssize_t n_rows, Py_ssize_t length) noexcept nogil:
+    cdef RowItems it
+    if length >= BLOCK:
+        it.rows_per_item = 1
+        it.chunks_per_row = (length + BLOCK - 1) // BLOCK
+        it.chunk = (length + it.chunks_per_row - 1) // it.chunks_per_row
+        it.n_items = n_rows * it.chunks_per_row
+    else:
+        it.rows_per_item = max(1, BLOCK // max(1, length))
+        it.chunks_per_row = 1
+        it.chunk = length
+        it.n_items = (n_rows + it.rows_per_item - 1) // it.rows_per_item
+    return it
+
+
+cdef inline void split_row_mean(double mean, floating* hi, floating* lo) noexcept nogil:
+    # hi + lo == mean to about 2**-48 relative in float32 (x - hi is exact near the mean); lo == 0 in float64.
+    hi[0] = <floating>mean
+    lo[0] = <floating>(mean - <double>hi[0])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer-norm forward: y[r, i] = ((x - mean_hi[r]) - mean_lo[r]) * invstd[r] * weight[i] + bias[i].
+# Memory passes: read x, write y (the statistics were batch_stats' single read of x).
+
+def column_affine(const floating[:, ::1] x, const double[::1] mean, const double[::1] invstd,
+                  const double[::1] weight, const double[::1] bias, floating[:, ::1] y_out, int n_threads):
+    """y_out = (x - mean[r]) * invstd[r] * weight[i] + bias[i]; y_out may be x itself."""
+    cdef Py_ssize_t n_rows = x.shape[0], length = x.shape[1]
+    cdef Py_ssize_t xs = x.strides[0] // sizeof(floating), ys = y_out.strides[0] // sizeof(floating)
+    cdef const floating* px = &x[0, 0]
+    cdef floating* py = &y_out[0, 0]
+    cdef floating* vectors = <floating*>family_malloc(2 * length * sizeof(floating))
+    cdef floating* weight_f = vectors
+    cdef floating* bias_f = vectors + length
+    cdef RowItems it = row_items(n_rows, length)
+    cdef Py_ssize_t item, r, r0, r1, i0, n, i
+    try:
+        with nogil:
+            for i in range(length):
+                weight_f[i] = <floating>weight[i]
+                bias_f[i] = <floating>bias[i]
+            for item in prange(it.n_items, num_threads=n_threads, schedule="static"):
+                r0 = (item // it.chunks_per_row) * it.rows_per_item
+                r1 = min(r0 + it.rows_per_item, n_rows)
+                i0 = (item % it.chunks_per_row) * it.chunk
+                n = min(it.chunk, length - i0)
+                for r in range(r0, r1):
+                    column_affine_run(px + r * xs + i0, py + r * ys + i0, n, mean[r], <floating>invstd[r],
+                                      weight_f + i0, bias_f + i0)
+    finally:
+        free(vectors)
+
+
+cdef inline void column_affine_run(const floating* x, floating* y, Py_ssize_t n, double mean, floating invstd,
+                                   const floating* weight, const floating* bias) noexcept nogil:
+    cdef floating hi, lo
+    cdef Py_ssize_t i
+    split_row_mean(mean, &hi, &lo)
+    for i in range(n):
+        y[i] = (((x[i] - hi) - lo) * invstd) * weight[i] + bias[i]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer-norm backward, fused per row: one read of the row's dy and x for its two sums (dy scaled by the
+# elementwise weight), then dx written while the row is in L1, and the row's dy and dy * x_hat added into
+# its row block's column partials. Memory passes: read dy and x, write dx; the column partials of each
+# block of rows are summed per column in block order afterwards.
+
+cdef inline Py_ssize_t column_rows_per_block(Py_ssize_t n_rows) noexcept nogil:
+    # About 32 blocks (enough work items), but at most 64 rows a block: the partials (two doubles per column
+    # and block) stay small next to the data.
+    return min(64, max(1, (n_rows + 31) // 32))
+
+
+def layer_norm_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, const double[::1] mean,
+                        const double[::1] invstd, const double[::1] weight, floating[:, ::1] dx_out,
+                        double[::1] dweight_out, double[::1] dbias_out, int n_threads):
+    """dx, and dweight[i] = sum_r dy * x_hat, dbias[i] = sum_r dy (accumulated in double).
+
+    With g = weight * dy and m = length: dx = invstd * (g - sum(g) / m - x_hat * sum(g * x_hat) / m) per row.
+    dx_out may be dy or x itself.
+    """
+    cdef Py_ssize_t n_rows = x.shape[0], length = x.shape[1]
+    cdef Py_ssize_t xs = x.strides[0] // sizeof(floating), gs = dy.strides[0] // sizeof(floating)
+    cdef Py_ssize_t ds = dx_out.strides[0] // sizeof(floating)
+    cdef const floating* px = &x[0, 0]
+    cdef const floating* pg = &dy[0, 0]
+    cdef floating* pd = &dx_out[0, 0]
+    cdef Py_ssize_t R = column_rows_per_block(n_rows)
+    cdef Py_ssize_t n_blocks = (n_rows + R - 1) // R
+    cdef double* parts = <double*>family_malloc(2 * n_blocks * length * sizeof(double))
+    cdef floating* weight_f = <floating*>family_malloc(length * sizeof(floating))
+    cdef Py_ssize_t k, i
+    try:
+        with nogil:
+            for i in range(length):
+                weight_f[i] = <floating>weight[i]
+            for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                layer_norm_gradient_block(pg, gs, px, xs, pd, ds, k * R, min(R, n_rows - k * R), length,
+                                          &mean[0], &invstd[0], &weight[0], weight_f,
+                                          parts + 2 * k * length, parts + (2 * k + 1) * length)
+            for i in prange(length, num_threads=n_threads, schedule="static"):
+                dbias_out[i] = 0.0
+                dweight_out[i] = 0.0
+                for k in range(n_blocks):
+                    dbias_out[i] += parts[2 * k * length + i]
+                    dweight_out[i] += parts[(2 * k + 1) * length + i]
+    finally:
+        free(parts)
+        free(weight_f)
+
+
+cdef void layer_norm_gradient_block(const floating* dy, Py_ssize_t gs, const floating* x, Py_ssize_t xs,
+                                    floating* dx, Py_ssize_t ds, Py_ssize_t r0, Py_ssize_t n_rows,
+                                    Py_ssize_t length, const double* mean, const double* invstd,
+                                    const double* weight, const floating* weight_f,
+                                    double* col_dy, double* col_dy_x_hat) noexcept nogil:
+    cdef Py_ssize_t r, i
+    cdef const floating* g
+    cdef const floating* xr
+    cdef floating* dxr
+    cdef double sum_g, sum_g_xmu, center, inv, d
+    cdef floating hi, lo, inv_f, coef_1, coef_x_hat
+    for i in range(length):
+        col_dy[i] = 0.0
+        col_dy_x_hat[i] = 0.0
+    for r in range(r0, r0 + n_rows):
+        g = dy + r * gs
+        xr = x + r * xs
+        dxr = dx + r * ds
+        center = mean[r]
+        inv = invstd[r]
+        sum_g = 0.0
+        sum_g_xmu = 0.0
+        weighted_row_sums(g, xr, weight, length, center, &sum_g, &sum_g_xmu)
+        for i in range(length):
+            d = (xr[i] - center) * inv
+            col_dy[i] += g[i]
+            col_dy_x_hat[i] += g[i] * d
+        split_row_mean(center, &hi, &lo)
+        inv_f = <floating>inv
+        coef_1 = <floating>(-sum_g / length)
+        coef_x_hat = <floating>(-sum_g_xmu * inv / length)
+        for i in range(length):
+            dxr[i] = inv_f * ((weight_f[i] * g[i] + coef_1) + coef_x_hat * (((xr[i] - hi) - lo) * inv_f))
+
+
+cdef inline void weighted_row_sums(const floating* dy, const floating* x, const double* weight, Py_ssize_t n,
+                                   double center, double* sum_g, double* sum_g_xmu) noexcept nogil:
+    """Add sum(g) and sum(g * (x - center)), g = weight * dy, over one row, in double with fixed lanes."""
+    cdef double acc_g[LANES]
+    cdef double acc_gx[LANES]
+    cdef double g
+    cdef Py_ssize_t i, v, n_vec = n - n % LANES
+    cdef int k
+    for k in range(LANES):
+        acc_g[k] = 0.0
+        acc_gx[k] = 0.0
+    for v in range(n_vec // LANES):
+        i = v * LANES
+        for k in range(HALF_LANES):
+            g = weight[i + k] * dy[i + k]
+            acc_g[k] += g
+            acc_gx[k] += g * (x[i + k] - center)
+        for k in range(HALF_LANES, LANES):
+            g = weight[i + k] * dy[i + k]
+            acc_g[k] += g
+            acc_gx[k] += g * (x[i + k] - center)
+    for i in range(n_vec, n):
+        g = weight[i] * dy[i]
+        acc_g[i - n_vec] += g
+        acc_gx[i - n_vec] += g * (x[i] - center)
+    sum_g[0] += fold_lanes(acc_g)
+    sum_g_xmu[0] += fold_lanes(acc_gx)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Group/instance-norm dx: per row r (one (n, c) pair), dx = scale[r] * ((dy * dy_scale[r] + coef_1[r])
+# + coef_x_hat[r] * x_hat), x_hat = ((x - mean_hi[r]) - mean_lo[r]) * invstd[r]. Every factor is O(1) or
+# O(invstd), as in batch norm's dx. Memory passes: read dy and x, write dx.
+
+def row_input_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, const double[::1] mean,
+                       const double[::1] invstd, const double[::1] scale, const double[::1] dy_scale,
+                       const double[::1] coef_1, const double[::1] coef_x_hat, floating[:, ::1] dx_out,
+                       int n_threads):
+    """dx_out = scale * ((dy * dy_scale + coef_1) + coef_x_hat * x_hat) per row; dx_out may be dy or x."""
+    cdef Py_ssize_t n_rows = x.shape[0], length = x.shape[1]
+    cdef Py_ssize_t xs = x.strides[0] // sizeof(floating), gs = dy.strides[0] // sizeof(floating)
+    cdef Py_ssize_t ds = dx_out.strides[0] // sizeof(floating)
+    cdef const floating* px = &x[0, 0]
+    cdef const floating* pg = &dy[0, 0]
+    cdef floating* pd = &dx_out[0, 0]
+    cdef RowItems it = row_items(n_rows, length)
+    cdef Py_ssize_t item, r, r0, r1, i0, n
+    with nogil:
+        for item in prange(it.n_items, num_threads=n_threads, schedule="static"):
+            r0 = (item // it.chunks_per_row) * it.rows_per_item
+            r1 = min(r0 + it.rows_per_item, n_rows)
+            i0 = (item % it.chunks_per_row) * it.chunk
+            n = min(it.chunk, length - i0)
+            for r in range(r0, r1):
+                row_dx_run(pg + r * gs + i0, px + r * xs + i0, pd + r * ds + i0, n, mean[r],
+                           <floating>invstd[r], <floating>scale[r], <floating>dy_scale[r],
+                           <floating>coef_1[r], <floating>coef_x_hat[r])
+
+
+cdef inline void row_dx_run(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, double mean,
+                            floating invstd, floating scale, floating dy_scale, floating coef_1,
+                            floating coef_x_hat) noexcept nogil:
+    cdef floating hi, lo
+    cdef Py_ssize_t i
+    split_row_mean(mean, &hi, &lo)
+    for i in range(n):
+        dx[i] = scale * ((dy[i] * dy_scale + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
