@@ -3,8 +3,11 @@
 import numpy as np
 
 from . import _validation as check
-from . import group_norm as _group
-from . import layer_norm as _layer
+from .group_norm import _backward as group_backward
+from .group_norm import _check_backward as group_check_backward
+from .group_norm import _forward as group_forward
+from .layer_norm import _backward as layer_backward
+from .layer_norm import _forward as layer_forward
 from .instance_norm import instance_norm, instance_norm_backward
 
 
@@ -78,14 +81,14 @@ class LayerNorm(_Layer):
         self.bias = np.zeros(self.normalized_shape, self.dtype) if elementwise_affine and bias else None
 
     def __call__(self, x):
-        y, mean, invstd = _layer._forward(x, self.normalized_shape, self.weight, self.bias, self.eps, None)
+        y, mean, invstd = layer_forward(x, self.normalized_shape, self.weight, self.bias, self.eps, None)
         self._saved = (x, mean, invstd)
         return y
 
     def backward(self, dy):
         """Gradient with respect to the last input; sets `grad_weight` and `grad_bias`."""
         x, mean, invstd = self._saved_state()
-        dx, dweight, dbias = _layer._backward(dy, x, mean, invstd, self.weight, self.normalized_shape, None)
+        dx, dweight, dbias = layer_backward(dy, x, mean, invstd, self.weight, self.normalized_shape, None)
         self._set_grads(dweight, dbias)
         return dx
 
@@ -139,16 +142,16 @@ class GroupNorm(_Layer):
         x = self._check_input(x)
         weight = None if self.weight is None else self.weight.astype(np.float64)
         bias = None if self.bias is None else self.bias.astype(np.float64)
-        y, mean, _, invstd = _group._forward(x, self.num_groups, weight, bias, self.eps, None)
+        y, mean, _, invstd = group_forward(x, self.num_groups, weight, bias, self.eps, None)
         self._saved = (x, mean, invstd)
         return y
 
     def backward(self, dy):
         """Gradient with respect to the last input; sets `grad_weight` and `grad_bias` when affine."""
         x, mean, invstd = self._saved_state()
-        x, dy, mean, invstd, weight, groups, _ = _group._check_backward(dy, x, mean, invstd, self.weight,
-                                                                        self.num_groups, None)
-        dx, dweight, dbias = _group._backward(dy, x, mean, invstd, weight, groups, None)
+        x, dy, mean, invstd, weight, groups, _ = group_check_backward(dy, x, mean, invstd, self.weight,
+                                                                      self.num_groups, None)
+        dx, dweight, dbias = group_backward(dy, x, mean, invstd, weight, groups, None)
         self._set_grads(dweight, dbias)
         return dx
 
