@@ -42,6 +42,23 @@ cdef enum:
     SHORT_CHUNK = 8
 
 
+cdef enum:
+    # Channels-last data with at most PACKED_MAX_C channels and packed rows (e.g. NHWC RGB images) is walked
+    # as one flat run per block with TILE lanes, lane k holding channel k % C: loops over 3 channels do not
+    # vectorize, loops over TILE lanes do.
+    PACKED_MAX_C = 16
+    TILE = 64
+
+
+cdef inline bint packed_rows(Py_ssize_t C, Py_ssize_t row_stride, Py_ssize_t channel_stride) noexcept nogil:
+    return C <= PACKED_MAX_C and channel_stride == 1 and row_stride == C
+
+
+cdef inline Py_ssize_t tile_width(Py_ssize_t C) noexcept nogil:
+    # The most lanes (a multiple of C) that fit in TILE.
+    return C * (TILE // C)
+
+
 cdef inline Py_ssize_t channel_chunk(Py_ssize_t n_inner) noexcept nogil:
     return SHORT_CHUNK if n_inner <= SHORT_ROW else CHANNEL_CHUNK
 
@@ -242,6 +259,9 @@ cdef void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t s
     cdef Py_ssize_t r, c
     cdef const floating* row
     cdef double d
+    if packed_rows(C, so, sc):
+        packed_block_moments(x, n_rows * C, C, mean, m2)
+        return
     for c in range(C):
         mean[c] = 0.0
         m2[c] = 0.0
@@ -259,6 +279,40 @@ cdef void minor_block_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t s
                 m2[c] += d * d
     for c in range(C):
         shifted_to_moments(<double>n_rows, x[c * sc], mean[c], m2[c], &mean[c], &m2[c])
+
+
+cdef void packed_block_moments(const floating* x, Py_ssize_t n, Py_ssize_t C, double* mean,
+                               double* m2) noexcept nogil:
+    """minor_block_moments for n packed values of C channels, shifted by the first row, in tile lanes."""
+    cdef double lane_d[TILE]
+    cdef double lane_d2[TILE]
+    cdef double shift[TILE]
+    cdef Py_ssize_t width = tile_width(C), n_full = n - n % width, i, v, k, c
+    cdef const floating* p
+    cdef double d, sum_d, sum_d2
+    for k in range(width):
+        lane_d[k] = 0.0
+        lane_d2[k] = 0.0
+        shift[k] = x[k % C]
+    for v in range(n_full // width):
+        p = x + v * width
+        for k in range(width):
+            d = p[k] - shift[k]
+            lane_d[k] += d
+            lane_d2[k] += d * d
+    for i in range(n_full, n):
+        d = x[i] - shift[i - n_full]
+        lane_d[i - n_full] += d
+        lane_d2[i - n_full] += d * d
+    for c in range(C):
+        sum_d = 0.0
+        sum_d2 = 0.0
+        k = c
+        while k < width:  # channel c's lanes, in order
+            sum_d += lane_d[k]
+            sum_d2 += lane_d2[k]
+            k += C
+        shifted_to_moments(<double>(n // C), shift[c], sum_d, sum_d2, &mean[c], &m2[c])
 
 
 cdef void minor_merge(double* mean, double* m2, Py_ssize_t c0, Py_ssize_t n_channels, Py_ssize_t C,
@@ -331,6 +385,9 @@ cdef void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, floating
     cdef Py_ssize_t r, c
     cdef const floating* xr
     cdef floating* yr
+    if packed_rows(C, so, sc) and packed_rows(C, yo, yc):
+        packed_affine(x, y, n_rows * C, C, hi, lo, scale, shift)
+        return
     for r in range(n_rows):
         xr = x + r * so
         yr = y + r * yo
@@ -340,6 +397,33 @@ cdef void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, floating
         else:
             for c in range(C):
                 yr[c * yc] = ((xr[c * sc] - hi[c]) - lo[c]) * scale[c] + shift[c]
+
+
+cdef void tile(const floating* per_channel, Py_ssize_t C, Py_ssize_t width, floating* lanes) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(width):
+        lanes[k] = per_channel[k % C]
+
+
+cdef void packed_affine(const floating* x, floating* y, Py_ssize_t n, Py_ssize_t C, const floating* hi,
+                        const floating* lo, const floating* scale, const floating* shift) noexcept nogil:
+    """minor_affine for n packed values of C channels, with the coefficients tiled to the lane width."""
+    cdef floating hi_t[TILE]
+    cdef floating lo_t[TILE]
+    cdef floating scale_t[TILE]
+    cdef floating shift_t[TILE]
+    cdef Py_ssize_t width = tile_width(C), n_full = n - n % width, i, v, k
+    tile(hi, C, width, hi_t)
+    tile(lo, C, width, lo_t)
+    tile(scale, C, width, scale_t)
+    tile(shift, C, width, shift_t)
+    for v in range(n_full // width):
+        i = v * width
+        for k in range(width):
+            y[i + k] = ((x[i + k] - hi_t[k]) - lo_t[k]) * scale_t[k] + shift_t[k]
+    for i in range(n_full, n):
+        k = i - n_full
+        y[i] = ((x[i] - hi_t[k]) - lo_t[k]) * scale_t[k] + shift_t[k]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -472,6 +556,9 @@ cdef void minor_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc,
                                      double* sum_dy, double* sum_dy_xmu) noexcept nogil:
     cdef Py_ssize_t r, c
     cdef double g
+    if packed_rows(C, go, gc) and packed_rows(C, so, sc):
+        packed_gradient_sums(dy, x, n_rows * C, C, mean, sum_dy, sum_dy_xmu)
+        return
     for c in range(C):
         sum_dy[c] = 0.0
         sum_dy_xmu[c] = 0.0
@@ -486,6 +573,39 @@ cdef void minor_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc,
                 g = dy[r * go + c * gc]
                 sum_dy[c] += g
                 sum_dy_xmu[c] += g * (x[r * so + c * sc] - mean[c])
+
+
+cdef void packed_gradient_sums(const floating* dy, const floating* x, Py_ssize_t n, Py_ssize_t C,
+                               const double* mean, double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    """minor_gradient_sums for n packed values of C channels, in tile lanes (as packed_block_moments)."""
+    cdef double lane_g[TILE]
+    cdef double lane_gx[TILE]
+    cdef double center[TILE]
+    cdef Py_ssize_t width = tile_width(C), n_full = n - n % width, i, v, k, c
+    cdef double g
+    for k in range(width):
+        lane_g[k] = 0.0
+        lane_gx[k] = 0.0
+        center[k] = mean[k % C]
+    for v in range(n_full // width):
+        i = v * width
+        for k in range(width):
+            g = dy[i + k]
+            lane_g[k] += g
+            lane_gx[k] += g * (x[i + k] - center[k])
+    for i in range(n_full, n):
+        k = i - n_full
+        g = dy[i]
+        lane_g[k] += g
+        lane_gx[k] += g * (x[i] - center[k])
+    for c in range(C):
+        sum_dy[c] = 0.0
+        sum_dy_xmu[c] = 0.0
+        k = c
+        while k < width:
+            sum_dy[c] += lane_g[k]
+            sum_dy_xmu[c] += lane_gx[k]
+            k += C
 
 
 def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const double[::1] mean,
@@ -549,6 +669,9 @@ cdef void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const float
                           const floating* scale, const floating* coef_x_hat,
                           const floating* coef_1) noexcept nogil:
     cdef Py_ssize_t r, c
+    if packed_rows(C, go, gc) and packed_rows(C, so, sc) and packed_rows(C, do, dc):
+        packed_dx(dy, x, dx, n_rows * C, C, hi, lo, invstd, scale, coef_x_hat, coef_1)
+        return
     for r in range(n_rows):
         if gc == 1 and sc == 1 and dc == 1:
             for c in range(C):
@@ -558,3 +681,30 @@ cdef void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const float
             for c in range(C):
                 dx[r * do + c * dc] = scale[c] * ((dy[r * go + c * gc] + coef_1[c])
                                                   + coef_x_hat[c] * (((x[r * so + c * sc] - hi[c]) - lo[c]) * invstd[c]))
+
+
+cdef void packed_dx(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, Py_ssize_t C,
+                    const floating* hi, const floating* lo, const floating* invstd, const floating* scale,
+                    const floating* coef_x_hat, const floating* coef_1) noexcept nogil:
+    """minor_dx for n packed values of C channels, with the coefficients tiled to the lane width."""
+    cdef floating hi_t[TILE]
+    cdef floating lo_t[TILE]
+    cdef floating invstd_t[TILE]
+    cdef floating scale_t[TILE]
+    cdef floating coef_x_hat_t[TILE]
+    cdef floating coef_1_t[TILE]
+    cdef Py_ssize_t width = tile_width(C), n_full = n - n % width, i, v, k
+    tile(hi, C, width, hi_t)
+    tile(lo, C, width, lo_t)
+    tile(invstd, C, width, invstd_t)
+    tile(scale, C, width, scale_t)
+    tile(coef_x_hat, C, width, coef_x_hat_t)
+    tile(coef_1, C, width, coef_1_t)
+    for v in range(n_full // width):
+        i = v * width
+        for k in range(width):
+            dx[i + k] = scale_t[k] * ((dy[i + k] + coef_1_t[k])
+                                      + coef_x_hat_t[k] * (((x[i + k] - hi_t[k]) - lo_t[k]) * invstd_t[k]))
+    for i in range(n_full, n):
+        k = i - n_full
+        dx[i] = scale_t[k] * ((dy[i] + coef_1_t[k]) + coef_x_hat_t[k] * (((x[i] - hi_t[k]) - lo_t[k]) * invstd_t[k]))
