@@ -1,6 +1,7 @@
 """``python -m bnext SUBCOMMAND``: the one subcommand is ``bench``."""
 
 import sys
+from collections.abc import Sequence
 
 USAGE = """\
 usage: python -m bnext bench [options]
@@ -11,12 +12,13 @@ subcommands:
             python -m bnext bench --help for the options)"""
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":
         from bnext.bench import main as bench_main
 
-        return bench_main(argv[1:], prog="python -m bnext bench")
+        status: int = bench_main(argv[1:], prog="python -m bnext bench")
+        return status
     if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

@@ -17,10 +17,17 @@ Implementations (see `make_call`):
 
 import contextlib
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from ._typing import Array
+
+#: A timed call: no arguments, its result is ignored.
+BenchCall = Callable[[], object]
 
 OPS = ("train", "eval", "backward")
 DTYPES = ("float32", "float64")
@@ -46,7 +53,7 @@ EPS = 1e-5
 MOMENTUM = 0.1
 
 
-def parse_shape(text):
+def parse_shape(text: str) -> tuple[int, ...]:
     """``"32x64x56x56"`` -> ``(32, 64, 56, 56)``; ValueError unless 2 or more positive integers."""
     try:
         shape = tuple(int(part) for part in text.lower().split("x"))
@@ -57,7 +64,7 @@ def parse_shape(text):
     return shape
 
 
-def format_shape(shape):
+def format_shape(shape: Sequence[int]) -> str:
     return "x".join(str(size) for size in shape)
 
 
@@ -71,32 +78,32 @@ class Case:
     """
 
     op: str
-    shape: tuple
+    shape: tuple[int, ...]
     dtype: str
     layout: str
     threads: int
 
     @property
-    def axis(self):
+    def axis(self) -> int:
         return -1 if self.layout == "nhwc" else 1
 
     @property
-    def memory_shape(self):
+    def memory_shape(self) -> tuple[int, ...]:
         if self.layout == "nhwc":
             return (self.shape[0],) + self.shape[2:] + (self.shape[1],)
         return self.shape
 
     @property
-    def data_key(self):
+    def data_key(self) -> tuple[tuple[int, ...], str, str]:
         """Cases with the same key share their input arrays."""
         return (self.shape, self.dtype, self.layout)
 
     @property
-    def n_elements(self):
+    def n_elements(self) -> int:
         return int(np.prod(self.shape))
 
     @property
-    def bytes_moved(self):
+    def bytes_moved(self) -> int:
         """Bytes of the unavoidable traffic: each full-size array read or written once.
 
         train/eval read x and write y; backward reads dy and x and writes dx. The (C,) vectors are
@@ -106,33 +113,34 @@ class Case:
         return n_arrays * self.n_elements * np.dtype(self.dtype).itemsize
 
     @property
-    def copy_bytes(self):
+    def copy_bytes(self) -> int:
         """Bytes a copy of an array of x's size moves: one read and one write."""
         return 2 * self.n_elements * np.dtype(self.dtype).itemsize
 
     @property
-    def label(self):
+    def label(self) -> str:
         return f"{format_shape(self.shape)}-{self.dtype}-{self.layout}-t{self.threads}"
 
     @property
-    def group(self):
+    def group(self) -> str:
         """pytest-benchmark group: all implementations of one case print side by side."""
         return f"{self.op}-{self.label}"
 
 
-def effective_layout(shape, layout):
+def effective_layout(shape: Sequence[int], layout: str) -> str:
     return "nc" if len(shape) == 2 else layout
 
 
-def make_cases(ops, shapes, dtypes, layouts, threads):
+def make_cases(ops: Iterable[str], shapes: Iterable[Sequence[int]], dtypes: Iterable[str],
+               layouts: Iterable[str], threads: Iterable[int]) -> list[Case]:
     """All cases, ordered so that cases sharing input arrays are adjacent (build the data once).
 
     A 2-D shape appears once, with layout ``"nc"``, whatever the layouts asked for.
     """
-    cases = []
+    cases: list[Case] = []
     for shape in shapes:
         for dtype in dtypes:
-            seen_layouts = []
+            seen_layouts: list[str] = []
             for layout in layouts:
                 layout = effective_layout(shape, layout)
                 if layout in seen_layouts:
@@ -144,7 +152,7 @@ def make_cases(ops, shapes, dtypes, layouts, threads):
     return cases
 
 
-def make_inputs(case, *, with_backward=True, seed=0):
+def make_inputs(case: Case, *, with_backward: bool = True, seed: int = 0) -> dict[str, Array]:
     """The arrays every implementation of ``case`` reads: a dict of NumPy arrays, writable.
 
     x is standard normal, laid out as ``case.memory_shape`` (C-contiguous). With ``with_backward``
@@ -172,7 +180,7 @@ def make_inputs(case, *, with_backward=True, seed=0):
     return inputs
 
 
-def make_call(impl, case, inputs, *, preallocate_out=False):
+def make_call(impl: str, case: Case, inputs: dict[str, Array], *, preallocate_out: bool = False) -> BenchCall:
     """A zero-argument callable running ``impl`` on ``case``; everything it needs is made here.
 
     Running statistics are copied, so implementations never update each other's buffers.
@@ -189,7 +197,7 @@ def make_call(impl, case, inputs, *, preallocate_out=False):
     raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLEMENTATIONS}")
 
 
-def _numpy_api_call(impl, case, inputs, preallocate_out):
+def _numpy_api_call(impl: str, case: Case, inputs: dict[str, Array], preallocate_out: bool) -> BenchCall:
     import bnext
     import bnext.reference
 
@@ -213,10 +221,10 @@ def _numpy_api_call(impl, case, inputs, preallocate_out):
     raise ValueError(f"unknown op {case.op!r}; expected one of {OPS}")
 
 
-_torch = None
+_torch: Any = None  # None: not looked for yet; False: not installed; else the module
 
 
-def load_torch():
+def load_torch() -> Any:
     """The torch module, or None when it is not installed (imported once, on first use)."""
     global _torch
     if _torch is None:
@@ -229,12 +237,12 @@ def load_torch():
     return _torch or None
 
 
-def _torch_call(case, inputs):
+def _torch_call(case: Case, inputs: dict[str, Array]) -> BenchCall:
     torch = load_torch()
     if torch is None:
         raise RuntimeError("torch is not installed")
 
-    def as_nchw_tensor(array):
+    def as_nchw_tensor(array: Array) -> Any:
         tensor = torch.from_numpy(array)
         # NHWC memory seen as an NCHW tensor: exactly torch.channels_last for 4-D inputs.
         return tensor.movedim(-1, 1) if case.layout == "nhwc" else tensor
@@ -264,18 +272,18 @@ def _torch_call(case, inputs):
     raise ValueError(f"unknown op {case.op!r}; expected one of {OPS}")
 
 
-_pools = {}
+_pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def _thread_pool(n_threads):
+def _thread_pool(n_threads: int) -> ThreadPoolExecutor:
     with _pools_lock:
         if n_threads not in _pools:
             _pools[n_threads] = ThreadPoolExecutor(n_threads, thread_name_prefix="bnext-bench-copy")
         return _pools[n_threads]
 
 
-def _copy_call(source, n_threads):
+def _copy_call(source: Array, n_threads: int) -> BenchCall:
     destination = np.empty_like(source)
     if n_threads == 1:
         return lambda: np.copyto(destination, source)
@@ -287,7 +295,7 @@ def _copy_call(source, n_threads):
         for start, stop in zip(bounds[:-1], bounds[1:])
     ]
 
-    def threaded_copy():
+    def threaded_copy() -> None:
         for future in [pool.submit(np.copyto, dst, src) for dst, src in slabs]:
             future.result()
 
@@ -295,7 +303,7 @@ def _copy_call(source, n_threads):
 
 
 @contextlib.contextmanager
-def thread_count(n_threads):
+def thread_count(n_threads: int) -> Iterator[None]:
     """Run the block with bnext and torch (if already imported) at ``n_threads``; restore after."""
     import bnext
 

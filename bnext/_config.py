@@ -1,5 +1,7 @@
 """What this installation of bnext runs with."""
 
+from typing import Any
+
 import numpy as np
 
 from . import _dispatch, _runtime
@@ -7,7 +9,7 @@ from ._threads import get_num_threads
 from ._version import __version__
 
 
-def build_info():
+def build_info() -> dict[str, Any]:
     """A dict: bnext and NumPy versions, the SIMD build in use and those available, OpenMP and threads."""
     return {
         "bnext": __version__,
@@ -19,7 +21,7 @@ def build_info():
     }
 
 
-def show_config():
+def show_config() -> None:
     """Print `build_info()` one item a line."""
     for key, value in build_info().items():
         print(f"{key:12s} {value}")

@@ -8,17 +8,20 @@ give bitwise identical results; only the speed differs. BNEXT_SIMD=baseline|avx2
 
 import importlib
 import os
+from typing import TYPE_CHECKING
 
 from . import _runtime
+
+__all__ = ["available_builds", "family_kernels", "kernels", "simd_path"]
 
 _BUILDS = ("baseline", "avx2", "avx512")
 _MODULES = {"baseline": "bnext._batch_norm", "avx2": "bnext._batch_norm_avx2",
             "avx512": "bnext._batch_norm_avx512"}
 
 
-def available_builds():
+def available_builds() -> list[str]:
     """The kernel builds this CPU can run and this installation has, slowest first."""
-    found = []
+    found: list[str] = []
     for level, name in enumerate(_BUILDS):
         if level > _runtime.cpu_simd_level():
             break
@@ -30,7 +33,7 @@ def available_builds():
     return found
 
 
-def _select():
+def _select() -> str:
     forced = os.environ.get("BNEXT_SIMD", "").strip().lower()
     builds = available_builds()
     if forced:
@@ -43,6 +46,11 @@ def _select():
 
 
 simd_path = _select()
-kernels = importlib.import_module(_MODULES[simd_path])
-# Layer, group and instance norm's own kernels (src/_family_kernels.pxi), built the same three ways.
-family_kernels = importlib.import_module(_MODULES[simd_path].replace("_batch_norm", "_family"))
+if TYPE_CHECKING:
+    # Every build has the interface of the baseline one (see _batch_norm.pyi and _family.pyi).
+    from . import _batch_norm as kernels  # noqa: F401
+    from . import _family as family_kernels  # noqa: F401
+else:
+    kernels = importlib.import_module(_MODULES[simd_path])
+    # Layer, group and instance norm's own kernels (src/_family_kernels.pxi), built the same three ways.
+    family_kernels = importlib.import_module(_MODULES[simd_path].replace("_batch_norm", "_family"))

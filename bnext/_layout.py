@@ -2,10 +2,14 @@
 
 import math
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from ._typing import Array
 
-def kernel_view(arr, axis):
+
+def kernel_view(arr: Array, axis: int) -> Array | None:
     """A no-copy (outer, C, inner) view of `arr`, or None when its strides cannot be merged that way.
 
     outer is the product of the axes before the channel axis, inner of those after it. With a single
@@ -24,15 +28,16 @@ def kernel_view(arr, axis):
     return view
 
 
-def readable_view(arr, axis):
+def readable_view(arr: Array, axis: int) -> Array:
     """The kernel view of an input; strides that cannot be merged are copied to C order first."""
     view = kernel_view(arr, axis)
     if view is None:
         view = kernel_view(np.ascontiguousarray(arr), axis)
+    assert view is not None  # a C-ordered array always merges
     return view
 
 
-def same_memory_layout(a, b):
+def same_memory_layout(a: Array, b: Array) -> bool:
     return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
             and a.strides == b.strides)
 
@@ -45,25 +50,28 @@ class Output:
     writes a scratch array that `finish` copies into `out`.
     """
 
-    def __init__(self, out, like, axis, inputs):
+    def __init__(self, out: Array | None, like: Array, axis: int, inputs: Sequence[Array]) -> None:
         self.out = out
-        self.scratch = None
+        self.scratch: Array | None = None
         if out is None:
             self.array = np.empty_like(like)
-            self.view = kernel_view(self.array, axis)
-            if self.view is None:
+            view = kernel_view(self.array, axis)
+            if view is None:
                 self.array = np.empty(like.shape, like.dtype)
-                self.view = kernel_view(self.array, axis)
-            return
-        self.array = out
-        self.view = kernel_view(out, axis)
-        aliased = any(np.may_share_memory(out, a) and not same_memory_layout(out, a) for a in inputs)
-        if self.view is None or aliased:
-            self.scratch = np.empty(like.shape, like.dtype)
-            self.view = kernel_view(self.scratch, axis)
+                view = kernel_view(self.array, axis)
+        else:
+            self.array = out
+            view = kernel_view(out, axis)
+            aliased = any(np.may_share_memory(out, a) and not same_memory_layout(out, a) for a in inputs)
+            if view is None or aliased:
+                self.scratch = np.empty(like.shape, like.dtype)
+                view = kernel_view(self.scratch, axis)
+        assert view is not None  # a C-ordered array always merges
+        self.view: Array = view
 
-    def finish(self):
+    def finish(self) -> Array:
         if self.scratch is not None:
+            assert self.out is not None  # scratch is only made for a given out
             np.copyto(self.out, self.scratch)
         return self.array
 
@@ -75,7 +83,7 @@ class RowsOutput:
     scratch array that `finish` copies into `out`.
     """
 
-    def __init__(self, out, like, inputs):
+    def __init__(self, out: Array | None, like: Array, inputs: Sequence[Array]) -> None:
         self.out = out
         self.array = np.empty(like.shape, like.dtype) if out is None else out
         aliased = out is not None and any(
@@ -85,7 +93,7 @@ class RowsOutput:
         else:
             self.target = np.empty(like.shape, like.dtype)
 
-    def finish(self):
+    def finish(self) -> Array:
         if self.target is not self.array:
             np.copyto(self.array, self.target)
         return self.array

@@ -3,10 +3,10 @@
 from . import _runtime
 from ._validation import integer
 
-_override = None
+_override: int | None = None
 
 
-def set_num_threads(n):
+def set_num_threads(n: int | None) -> None:
     """Set the number of threads bnext's kernels use.
 
     Parameters
@@ -27,6 +27,6 @@ def set_num_threads(n):
     _override = n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads the next kernel call will use."""
     return _override if _override is not None else _runtime.max_threads()

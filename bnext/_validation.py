@@ -4,12 +4,17 @@ import math
 import numbers
 import operator
 
+from collections.abc import Sequence
+from typing import Any, Literal, overload
+
 import numpy as np
+
+from ._typing import Array
 
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def float_array(name, value):
+def float_array(name: str, value: object) -> Array:
     """`value` as a float32 or float64 ndarray the kernels can read (no copy for a usable ndarray)."""
     if isinstance(value, np.ndarray):
         arr = value
@@ -30,28 +35,35 @@ def float_array(name, value):
     return arr
 
 
-def batch_input(name, value):
+def batch_input(name: str, value: object) -> Array:
     arr = float_array(name, value)
     if arr.ndim < 2:
         raise ValueError(f"{name} must have at least 2 dimensions (N, C, ...), got shape {arr.shape}")
     return arr
 
 
-def integer(name, value):
+def integer(name: str, value: Any) -> int:
     try:
-        return operator.index(value)
+        index: int = operator.index(value)
+        return index
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
 
 
-def channel_axis(axis, ndim):
-    axis = integer("axis", axis)
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of bounds for x with ndim {ndim}")
-    return axis % ndim
+def channel_axis(axis: Any, ndim: int) -> int:
+    index = integer("axis", axis)
+    if not -ndim <= index < ndim:
+        raise ValueError(f"axis {index} is out of bounds for x with ndim {ndim}")
+    return index % ndim
 
 
-def channel_vector(name, value, n_channels, *, required=False):
+@overload
+def channel_vector(name: str, value: object, n_channels: int, *, required: Literal[True]) -> Array: ...
+@overload
+def channel_vector(name: str, value: object, n_channels: int, *, required: bool = False) -> Array | None: ...
+
+
+def channel_vector(name: str, value: object, n_channels: int, *, required: bool = False) -> Array | None:
     """A per-channel parameter as a float64 array of shape (C,), or None when it is optional and absent."""
     if value is None:
         if required:
@@ -63,7 +75,7 @@ def channel_vector(name, value, n_channels, *, required=False):
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
-def running_buffer(name, value, n_channels):
+def running_buffer(name: str, value: object, n_channels: int) -> Array | None:
     """A running statistic updated in place: a writeable float ndarray of shape (C,), or None."""
     if value is None:
         return None
@@ -78,7 +90,7 @@ def running_buffer(name, value, n_channels):
     return value
 
 
-def out_array(out, like, name="out"):
+def out_array(out: object, like: Array, name: str = "out") -> Array | None:
     if out is None:
         return None
     if not isinstance(out, np.ndarray):
@@ -92,39 +104,39 @@ def out_array(out, like, name="out"):
     return out
 
 
-def real_number(name, value):
+def real_number(name: str, value: object) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     return float(value)
 
 
-def positive_finite(name, value):
+def positive_finite(name: str, value: object) -> float:
     value = real_number(name, value)
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     return value
 
 
-def finite(name, value):
+def finite(name: str, value: object) -> float:
     value = real_number(name, value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 
 
-def same_shape(name, arr, like):
+def same_shape(name: str, arr: Array, like: Array) -> None:
     if arr.shape != like.shape:
         raise ValueError(f"{name} must have the shape of x {like.shape}, got {arr.shape}")
 
 
-def nonnegative_finite(name, value):
+def nonnegative_finite(name: str, value: object) -> float:
     value = real_number(name, value)
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be finite and >= 0, got {value}")
     return value
 
 
-def shape_tuple(name, value):
+def shape_tuple(name: str, value: Any) -> tuple[int, ...]:
     """An int or a sequence of ints as a tuple of non-negative ints (e.g. normalized_shape)."""
     if isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_)):
         value = (value,)
@@ -138,7 +150,16 @@ def shape_tuple(name, value):
     return shape
 
 
-def param_array(name, value, shape, *, required=False, also=()):
+@overload
+def param_array(name: str, value: object, shape: Sequence[int], *, required: Literal[True],
+                also: Sequence[Sequence[int]] = ()) -> Array: ...
+@overload
+def param_array(name: str, value: object, shape: Sequence[int], *, required: bool = False,
+                also: Sequence[Sequence[int]] = ()) -> Array | None: ...
+
+
+def param_array(name: str, value: object, shape: Sequence[int], *, required: bool = False,
+                also: Sequence[Sequence[int]] = ()) -> Array | None:
     """A parameter as a float64 C-ordered array of `shape`, or None when optional and absent.
 
     `also` lists other accepted shapes of the same size (e.g. PyTorch's keepdim-style saved statistics).

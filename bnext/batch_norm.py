@@ -6,6 +6,7 @@ the returned mean/invstd are in x's dtype.
 """
 
 import math
+from typing import Any, cast
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from . import _validation as check
 from ._dispatch import kernels
 from ._layout import Output, readable_view
 from ._threads import get_num_threads
+from ._typing import Array, ArrayLike, FloatArray
 
 _LAYOUT_NOTE = """
     Any strides are accepted (views, negative or zero strides, Fortran order, read-only arrays). Arrays
@@ -21,11 +23,11 @@ _LAYOUT_NOTE = """
     data are never copied."""
 
 
-def _values_per_channel(shape, axis):
+def _values_per_channel(shape: tuple[int, ...], axis: int) -> int:
     return math.prod(shape[:axis] + shape[axis + 1:])
 
 
-def _check_training_batch(x, axis):
+def _check_training_batch(x: Array, axis: int) -> int:
     m = _values_per_channel(x.shape, axis)
     if m == 1 and x.shape[axis] > 0:
         raise ValueError(
@@ -34,22 +36,23 @@ def _check_training_batch(x, axis):
     return m
 
 
-def _ones_if_none(weight, n_channels):
+def _ones_if_none(weight: Array | None, n_channels: int) -> Array:
     return np.ones(n_channels) if weight is None else weight
 
 
-def _zeros_if_none(bias, n_channels):
+def _zeros_if_none(bias: Array | None, n_channels: int) -> Array:
     return np.zeros(n_channels) if bias is None else bias
 
 
-def _update_running(buffer, batch_value, momentum):
+def _update_running(buffer: Array | None, batch_value: Array, momentum: float) -> None:
     if buffer is not None:
         # A float32 buffer may overflow to inf (data near 1e30): the honest value, without a warning.
         with np.errstate(over="ignore"):
             buffer[...] = (1.0 - momentum) * buffer + momentum * batch_value
 
 
-def _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out):
+def _train(x: Any, weight: Any, bias: Any, axis: Any, eps: Any, running_mean: Any, running_var: Any,
+           momentum: Any, out: Any) -> tuple[Array, Array, Array]:
     """The training forward with float64 statistics: (y, mean, invstd)."""
     x = check.batch_input("x", x)
     axis = check.channel_axis(axis, x.ndim)
@@ -80,8 +83,10 @@ def _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out)
     return target.finish(), mean, invstd
 
 
-def batch_norm_train(x, weight=None, bias=None, *, axis=1, eps=1e-5, running_mean=None,
-                     running_var=None, momentum=0.1, out=None):
+def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+                     axis: int = 1, eps: float = 1e-5, running_mean: FloatArray | None = None,
+                     running_var: FloatArray | None = None, momentum: float = 0.1,
+                     out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Normalize x with its own batch statistics (training mode).
 
     Parameters
@@ -119,7 +124,9 @@ def batch_norm_train(x, weight=None, bias=None, *, axis=1, eps=1e-5, running_mea
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
 
-def batch_norm_eval(x, running_mean, running_var, weight=None, bias=None, *, axis=1, eps=1e-5, out=None):
+def batch_norm_eval(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike, weight: ArrayLike | None = None,
+                    bias: ArrayLike | None = None, *, axis: int = 1, eps: float = 1e-5,
+                    out: FloatArray | None = None) -> FloatArray:
     """Normalize x with given (running) statistics (inference mode).
 
     Parameters
@@ -164,7 +171,8 @@ def batch_norm_eval(x, running_mean, running_var, weight=None, bias=None, *, axi
     return target.finish()
 
 
-def _backward(dy, x, mean, invstd, weight, axis, out, batch_stats=True):
+def _backward(dy: Any, x: Any, mean: Any, invstd: Any, weight: Any, axis: Any, out: Any,
+              batch_stats: bool = True) -> tuple[Array, Array, Array]:
     """Gradients with float64 dweight/dbias: (dx, dweight, dbias).
 
     With batch_stats (training mode) mean and invstd depend on x; otherwise (eval mode) they are
@@ -203,7 +211,9 @@ def _backward(dy, x, mean, invstd, weight, axis, out, batch_stats=True):
     return target.finish(), dweight, dbias
 
 
-def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None):
+def batch_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: ArrayLike | None = None, *, axis: int = 1,
+                        out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradients of `batch_norm_train` from its saved mean and invstd.
 
     Parameters
@@ -242,4 +252,4 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None):
 
 
 for _function in (batch_norm_train, batch_norm_eval, batch_norm_backward):
-    _function.__doc__ = _function.__doc__.replace("{layout}", _LAYOUT_NOTE)
+    _function.__doc__ = cast(str, _function.__doc__).replace("{layout}", _LAYOUT_NOTE)

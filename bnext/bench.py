@@ -24,17 +24,21 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 import numpy as np
 
 import bnext
+from bnext._typing import Array
 from bnext._bench_cases import (
     DTYPES,
     FULL_SHAPES,
     LAYOUTS,
     OPS,
     QUICK_SHAPES,
+    Case,
     format_shape,
     load_torch,
     make_call,
@@ -52,7 +56,7 @@ OP_TITLES = {
 MIN_RUN_SECONDS = 1e-3
 
 
-def measure(function, repeat, min_run_seconds=MIN_RUN_SECONDS):
+def measure(function: Callable[[], object], repeat: int, min_run_seconds: float = MIN_RUN_SECONDS) -> float:
     """Median seconds per call of ``function()``: one warmup call, then ``repeat`` timed runs.
 
     A run loops the call enough times to last ``min_run_seconds`` (timer resolution and loop overhead
@@ -77,31 +81,31 @@ def measure(function, repeat, min_run_seconds=MIN_RUN_SECONDS):
 
 @dataclass
 class Result:
-    case: object
-    seconds: dict = field(default_factory=dict)  # implementation -> median seconds per call
+    case: Case
+    seconds: dict[str, float] = field(default_factory=dict)  # implementation -> median seconds per call
 
-    def ratio(self, numerator, denominator):
+    def ratio(self, numerator: str, denominator: str) -> float | None:
         if numerator not in self.seconds or denominator not in self.seconds:
             return None
         return self.seconds[numerator] / self.seconds[denominator]
 
     @property
-    def gb_per_s(self):
+    def gb_per_s(self) -> float:
         return self.case.bytes_moved / self.seconds["bnext"] / 1e9
 
     @property
-    def speedup_vs_reference(self):
+    def speedup_vs_reference(self) -> float | None:
         return self.ratio("reference", "bnext")
 
     @property
-    def speedup_vs_torch(self):
+    def speedup_vs_torch(self) -> float | None:
         return self.ratio("torch", "bnext")
 
     @property
-    def copy_ratio(self):
+    def copy_ratio(self) -> float | None:
         return self.ratio("bnext", "copy")
 
-    def to_json(self):
+    def to_json(self) -> dict[str, Any]:
         case = self.case
         return {
             "op": case.op,
@@ -121,13 +125,13 @@ class Result:
 class Progress:
     """One status line on stderr: rewritten in place on a terminal, a line per case otherwise."""
 
-    def __init__(self, total, stream=None):
+    def __init__(self, total: int, stream: TextIO | None = None) -> None:
         self.total, self.stream = total, stream if stream is not None else sys.stderr
         self.in_place = self.stream.isatty()
         self.width = 0
-        self.last_index = None
+        self.last_index: int | None = None
 
-    def show(self, index, text):
+    def show(self, index: int, text: str) -> None:
         line = f"[{index:>{len(str(self.total))}}/{self.total}] {text}"
         if self.in_place:
             self.stream.write("\r" + line.ljust(self.width))
@@ -137,21 +141,23 @@ class Progress:
         self.last_index = index
         self.stream.flush()
 
-    def close(self):
+    def close(self) -> None:
         if self.in_place and self.width:
             self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
 
 
-def run_cases(cases, *, repeat, with_torch, preallocate_out=False, progress=None):
+def run_cases(cases: Sequence[Case], *, repeat: int, with_torch: bool, preallocate_out: bool = False,
+              progress: Progress | None = None) -> list[Result]:
     """Time every implementation of every case; return a list of `Result` in the order of ``cases``."""
     with_backward = any(case.op == "backward" for case in cases)
-    reference_seconds = {}  # (op, data_key) -> seconds: NumPy runs on one thread at any count
-    inputs, inputs_key = None, None
-    results = []
+    reference_seconds: dict[tuple[str, object], float] = {}  # (op, data_key) -> seconds: NumPy runs on one thread at any count
+    inputs: dict[str, Array] = {}
+    inputs_key = None
+    results: list[Result] = []
     for index, case in enumerate(cases, 1):
         if case.data_key != inputs_key:
-            inputs = None  # free the previous arrays before building the next ones
+            inputs = {}  # free the previous arrays before building the next ones
             inputs, inputs_key = make_inputs(case, with_backward=with_backward), case.data_key
         result = Result(case)
         impls = ["bnext", "reference"] + (["torch"] if with_torch else []) + ["copy"]
@@ -177,20 +183,21 @@ def run_cases(cases, *, repeat, with_torch, preallocate_out=False, progress=None
     return results
 
 
-def format_seconds(seconds):
+def format_seconds(seconds: float) -> str:
     """Three significant digits in the largest unit that keeps the number >= 1: 1.23 ms, 456 us."""
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
         if seconds >= scale or unit == "ns":
             value = seconds / scale
             return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    raise AssertionError("unreachable: the last unit always matches")
 
 
-def geometric_mean(values):
-    values = [value for value in values if value is not None]
-    return math.exp(sum(math.log(value) for value in values) / len(values)) if values else None
+def geometric_mean(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return math.exp(sum(math.log(value) for value in present) / len(present)) if present else None
 
 
-def format_table(op, results, with_torch):
+def format_table(op: str, results: Sequence[Result], with_torch: bool) -> str:
     """The table of one op as a string; a last row gives the geometric means of the ratio columns."""
     columns = ["shape", "layout", "dtype", "threads", "bnext", "GB/s", "vs ref"]
     columns += ["vs torch"] if with_torch else []
@@ -213,7 +220,7 @@ def format_table(op, results, with_torch):
     widths = [max(len(row[i]) for row in [columns] + rows + [summary]) for i in range(len(columns))]
     left_aligned = {"shape", "layout", "dtype"}
 
-    def render(row):
+    def render(row: Sequence[str]) -> str:
         cells = [cell.ljust(width) if name in left_aligned else cell.rjust(width)
                  for name, cell, width in zip(columns, row, widths)]
         return "  ".join(cells).rstrip()
@@ -225,7 +232,7 @@ def format_table(op, results, with_torch):
     return "\n".join(lines)
 
 
-def cpu_model():
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
@@ -236,7 +243,7 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def machine_info(threads):
+def machine_info(threads: Iterable[int]) -> dict[str, Any]:
     torch = load_torch()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
@@ -256,7 +263,7 @@ def machine_info(threads):
     }
 
 
-def describe_machine(info):
+def describe_machine(info: dict[str, Any]) -> str:
     torch = f"torch {info['torch']}" if info["torch"] else "torch not installed"
     lines = [f"bnext {info['bnext']} | numpy {info['numpy']} | {torch} | python {info['python']}",
              f"{info['cpu_model']}, {info['usable_cpus']} usable CPUs | "
@@ -268,7 +275,7 @@ def describe_machine(info):
     return "\n".join(lines)
 
 
-def write_plot(path, results, with_torch):
+def write_plot(path: str, results: Sequence[Result], with_torch: bool) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,8 +308,8 @@ def write_plot(path, results, with_torch):
     plt.close(figure)
 
 
-def _comma_list(choices):
-    def parse(text):
+def _comma_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
         values = [value.strip().lower() for value in text.split(",") if value.strip()]
         bad = [value for value in values if value not in choices]
         if bad or not values:
@@ -312,7 +319,7 @@ def _comma_list(choices):
     return parse
 
 
-def _threads_list(text):
+def _threads_list(text: str) -> list[int]:
     try:
         values = [int(value) for value in text.split(",") if value.strip()]
     except ValueError:
@@ -322,14 +329,14 @@ def _threads_list(text):
     return sorted(set(values))
 
 
-def _shapes_list(text):
+def _shapes_list(text: str) -> list[tuple[int, ...]]:
     try:
         return [parse_shape(value) for value in text.split(",") if value.strip()] or [parse_shape(text)]
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _positive_int(text):
+def _positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -339,7 +346,7 @@ def _positive_int(text):
     return value
 
 
-def build_parser(prog=None):
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog or "bnext-bench",
         description="Time bnext's batch-norm kernels against the NumPy reference, PyTorch (when "
@@ -370,7 +377,7 @@ def build_parser(prog=None):
     return parser
 
 
-def resolve_settings(args):
+def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What to run: the explicit options, else the --quick choices, else everything."""
     return {
         "ops": args.ops or list(OPS),
@@ -383,7 +390,7 @@ def resolve_settings(args):
     }
 
 
-def main(argv=None, prog=None):
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Entry point of ``python -m bnext bench`` and ``bnext-bench``; returns the exit status."""
     args = build_parser(prog).parse_args(argv)
     if args.plot:

@@ -8,6 +8,7 @@ bracket (src/_family_kernels.pxi: row_input_gradient). Instance norm is the case
 """
 
 import math
+from typing import Any, cast
 
 import numpy as np
 
@@ -15,23 +16,26 @@ from . import _validation as check
 from ._dispatch import family_kernels, kernels
 from ._layout import RowsOutput
 from ._threads import get_num_threads
+from ._typing import Array, ArrayLike, FloatArray
 
 _LAYOUT_NOTE = """
     The kernels read C-ordered (N, C, *) data: other strides (channels-last, Fortran order, transposed
     or strided views) are first copied to C order. C-contiguous data is never copied."""
 
 
-def _groups(x, num_groups):
+def _groups(x: Array, num_groups: Any) -> int:
     n_channels = x.shape[1]
     num_groups = check.integer("num_groups", num_groups)
+    groups: int = num_groups
     if num_groups < 1:
         raise ValueError(f"num_groups must be >= 1, got {num_groups}")
     if n_channels % num_groups:
         raise ValueError(f"num_channels {n_channels} of x must be divisible by num_groups {num_groups}")
-    return num_groups
+    return groups
 
 
-def _forward(x, num_groups, weight, bias, eps, out, *, mean=None, invstd=None):
+def _forward(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, out: Any, *, mean: Any = None,
+             invstd: Any = None) -> tuple[Array, Array, Array | None, Array]:
     """(y, mean, var, invstd) with float64 statistics of shape (N, G) for checked x (N, C, *).
 
     Given mean and invstd of shape (N, G), they are used instead of batch statistics (var is then None).
@@ -63,7 +67,8 @@ def _forward(x, num_groups, weight, bias, eps, out, *, mean=None, invstd=None):
     return target.finish(), mean, var, invstd
 
 
-def _backward(dy, x, mean, invstd, weight, num_groups, out, batch_stats=True):
+def _backward(dy: Any, x: Any, mean: Any, invstd: Any, weight: Any, num_groups: Any, out: Any,
+              batch_stats: bool = True) -> tuple[Array, Array, Array]:
     """(dx, dweight, dbias) for checked x (N, C, *), dy and float64 (N, G) mean and invstd.
 
     With batch_stats the statistics depend on x (training); otherwise they are constants and
@@ -104,7 +109,8 @@ def _backward(dy, x, mean, invstd, weight, num_groups, out, batch_stats=True):
     return target.finish(), dweight, dbias
 
 
-def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, out=None):
+def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+               eps: float = 1e-5, out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Normalize each group of channels of each sample (torch.nn.functional.group_norm).
 
     Parameters
@@ -144,7 +150,9 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, out=None):
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
 
-def group_norm_backward(dy, x, mean, invstd, weight=None, *, num_groups, out=None):
+def group_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: ArrayLike | None = None, *, num_groups: int,
+                        out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradients of `group_norm` from its saved mean and invstd.
 
     Parameters
@@ -180,7 +188,8 @@ def group_norm_backward(dy, x, mean, invstd, weight=None, *, num_groups, out=Non
     return dx, dweight.astype(dx.dtype), dbias.astype(dx.dtype)
 
 
-def _check_backward(dy, x, mean, invstd, weight, num_groups, out):
+def _check_backward(dy: Any, x: Any, mean: Any, invstd: Any, weight: Any, num_groups: Any,
+                    out: Any) -> tuple[Array, Array, Array, Array, Array | None, int, Array | None]:
     x = check.batch_input("x", x)
     dy = check.float_array("dy", dy)
     check.same_shape("dy", dy, x)
@@ -194,4 +203,4 @@ def _check_backward(dy, x, mean, invstd, weight, num_groups, out):
 
 
 for _function in (group_norm, group_norm_backward):
-    _function.__doc__ = _function.__doc__.replace("{layout}", _LAYOUT_NOTE)
+    _function.__doc__ = cast(str, _function.__doc__).replace("{layout}", _LAYOUT_NOTE)

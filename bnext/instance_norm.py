@@ -1,15 +1,19 @@
 """Instance normalization: statistics per (sample, channel); group norm with one channel per group."""
 
 import math
+from typing import cast
 
 import numpy as np
 
 from . import _validation as check
 from .group_norm import _LAYOUT_NOTE, _backward, _check_backward, _forward
+from ._typing import ArrayLike, FloatArray
 
 
-def instance_norm(x, weight=None, bias=None, *, eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
-                  use_input_stats=True, out=None):
+def instance_norm(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None, *, eps: float = 1e-5,
+                  running_mean: FloatArray | None = None, running_var: FloatArray | None = None,
+                  momentum: float = 0.1, use_input_stats: bool = True,
+                  out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Normalize each channel of each sample over its spatial values (torch.nn.functional.instance_norm).
 
     Parameters
@@ -71,6 +75,7 @@ def instance_norm(x, weight=None, bias=None, *, eps=1e-5, running_mean=None, run
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {x.shape}")
 
     y, mean, var, invstd = _forward(x, n_channels, weight, bias, eps, out)
+    assert var is not None  # batch statistics were computed
     if x.size > 0:
         for buffer, batch_value in ((running_mean, mean.mean(axis=0)),
                                     (running_var, (var * (spatial / (spatial - 1))).mean(axis=0))):
@@ -80,7 +85,9 @@ def instance_norm(x, weight=None, bias=None, *, eps=1e-5, running_mean=None, run
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
 
-def instance_norm_backward(dy, x, mean, invstd, weight=None, *, use_input_stats=True, out=None):
+def instance_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                           weight: ArrayLike | None = None, *, use_input_stats: bool = True,
+                           out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradients of `instance_norm` from its saved mean and invstd.
 
     Parameters
@@ -118,4 +125,4 @@ def instance_norm_backward(dy, x, mean, invstd, weight=None, *, use_input_stats=
 
 
 for _function in (instance_norm, instance_norm_backward):
-    _function.__doc__ = _function.__doc__.replace("{layout}", _LAYOUT_NOTE)
+    _function.__doc__ = cast(str, _function.__doc__).replace("{layout}", _LAYOUT_NOTE)

@@ -6,6 +6,8 @@ elementwise affine over normalized_shape and the backward have kernels of their 
 """
 
 import math
+from collections.abc import Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -13,13 +15,14 @@ from . import _validation as check
 from ._dispatch import family_kernels, kernels
 from ._layout import RowsOutput
 from ._threads import get_num_threads
+from ._typing import Array, ArrayLike, FloatArray
 
 _LAYOUT_NOTE = """
     The kernels read C-ordered rows: other strides (Fortran order, transposed or strided views) are first
     copied to C order. C-contiguous data is never copied."""
 
 
-def _geometry(x, normalized_shape):
+def _geometry(x: Array, normalized_shape: Any) -> tuple[tuple[int, ...], tuple[int, ...], int, int]:
     """(normalized_shape, outer shape, N, D) after checking that x ends with normalized_shape."""
     shape = check.shape_tuple("normalized_shape", normalized_shape)
     if len(shape) == 0:
@@ -31,12 +34,12 @@ def _geometry(x, normalized_shape):
     return shape, outer, math.prod(outer), math.prod(shape)
 
 
-def _stat_shapes(outer, shape):
+def _stat_shapes(outer: tuple[int, ...], shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[tuple[int, ...]]]:
     # Accepted shapes of saved statistics: ours (outer) and PyTorch's native_layer_norm (outer + 1s).
     return outer, (outer + (1,) * len(shape),)
 
 
-def _forward(x, normalized_shape, weight, bias, eps, out):
+def _forward(x: Any, normalized_shape: Any, weight: Any, bias: Any, eps: Any, out: Any) -> tuple[Array, Array, Array]:
     """(y, mean, invstd) with float64 statistics of shape x.shape[:-len(normalized_shape)]."""
     x = check.float_array("x", x)
     shape, outer, n_rows, length = _geometry(x, normalized_shape)
@@ -61,7 +64,8 @@ def _forward(x, normalized_shape, weight, bias, eps, out):
     return target.finish(), mean.reshape(outer), invstd.reshape(outer)
 
 
-def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
+def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+               bias: ArrayLike | None = None, *, eps: float = 1e-5, out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Normalize each sample over its trailing `normalized_shape` values (torch.nn.functional.layer_norm).
 
     Parameters
@@ -95,7 +99,8 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
 
-def _backward(dy, x, mean, invstd, weight, normalized_shape, out):
+def _backward(dy: Any, x: Any, mean: Any, invstd: Any, weight: Any, normalized_shape: Any,
+              out: Any) -> tuple[Array, Array, Array]:
     x = check.float_array("x", x)
     dy = check.float_array("dy", dy)
     check.same_shape("dy", dy, x)
@@ -121,7 +126,9 @@ def _backward(dy, x, mean, invstd, weight, normalized_shape, out):
     return target.finish(), dweight.reshape(shape), dbias.reshape(shape)
 
 
-def layer_norm_backward(dy, x, mean, invstd, weight=None, *, normalized_shape, out=None):
+def layer_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: ArrayLike | None = None, *, normalized_shape: int | Sequence[int],
+                        out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradients of `layer_norm` from its saved mean and invstd.
 
     Parameters
@@ -159,4 +166,4 @@ def layer_norm_backward(dy, x, mean, invstd, weight=None, *, normalized_shape, o
 
 
 for _function in (layer_norm, layer_norm_backward):
-    _function.__doc__ = _function.__doc__.replace("{layout}", _LAYOUT_NOTE)
+    _function.__doc__ = cast(str, _function.__doc__).replace("{layout}", _LAYOUT_NOTE)

@@ -1,9 +1,11 @@
 """A stateful batch-norm layer in the style of torch.nn.BatchNorm2d, on NumPy arrays."""
+from typing import Any
 
 import numpy as np
 
 from . import _validation as check
 from .batch_norm import _backward, _train, batch_norm_eval
+from ._typing import ArrayLike, DTypeLike, FloatArray
 
 
 class BatchNorm:
@@ -46,8 +48,8 @@ class BatchNorm:
     array([128., 128., 128.], dtype=float32)
     """
 
-    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 axis=1, dtype=np.float32):
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, axis: int = 1, dtype: DTypeLike = np.float32) -> None:
         num_features = check.integer("num_features", num_features)
         if num_features < 0:
             raise ValueError(f"num_features must be >= 0, got {num_features}")
@@ -67,23 +69,24 @@ class BatchNorm:
         self.running_var = np.ones(num_features, dtype) if track_running_stats else None
         self.num_batches_tracked = 0
         self.training = True
-        self.grad_weight = None
-        self.grad_bias = None
-        self._saved = None
+        self.grad_weight: FloatArray | None = None
+        self.grad_bias: FloatArray | None = None
+        self._saved: Any = None
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "BatchNorm":
         """Switch to training mode (batch statistics, running statistics updated); returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> "BatchNorm":
         """Switch to inference mode (running statistics, when tracked); returns self."""
         return self.train(False)
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> FloatArray:
         """Normalize x of shape (N, C, ...) and remember what `backward` needs."""
         use_batch_stats = self.training or self.running_mean is None
         if not use_batch_stats:
+            assert self.running_mean is not None and self.running_var is not None
             y = batch_norm_eval(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 axis=self.axis, eps=self.eps)
             invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
@@ -101,7 +104,7 @@ class BatchNorm:
         self._saved = (x, mean, invstd, True)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> FloatArray:
         """Gradient with respect to the last input; sets `grad_weight` and `grad_bias` when affine.
 
         In training mode (or without running statistics) this is the batch-statistics gradient; in eval
@@ -117,7 +120,7 @@ class BatchNorm:
             self.grad_bias = dbias.astype(self.dtype)
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}, axis={self.axis})")
 

@@ -9,6 +9,8 @@ Means are kept as ``shift + mean_offset``, where shift is a data value of the fi
 Chan's formula are then differences of small offsets, so data far from zero (an offset of 1e8 with unit
 spread) loses nothing to the rounding of the mean itself.
 """
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +19,7 @@ from ._dispatch import kernels
 from ._layout import readable_view
 from ._threads import get_num_threads
 from .scaling import SampleProblem
+from ._typing import Array, ArrayLike, Float64Array
 
 _FIELDS = ("count", "shift", "mean_offset", "m2", "min", "max")
 
@@ -35,14 +38,20 @@ class Moments:
     (6, array([5., 6.]), array([14., 14.]), array([10., 11.]))
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._count = 0
-        self._shape = None
-        self._shift = self._mean_offset = self._m2 = self._min = self._max = None
+        self._shape: tuple[int, ...] | None = None
+        # The feature arrays exist from the first batch on; every reader checks the count first.
+        self._shift: Float64Array
+        self._mean_offset: Float64Array
+        self._m2: Float64Array
+        self._min: Float64Array
+        self._max: Float64Array
+        self._shift = self._mean_offset = self._m2 = self._min = self._max = None  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ accumulating
 
-    def update(self, batch, axis=0):
+    def update(self, batch: ArrayLike, axis: int = 0) -> "Moments":
         """Add a batch of samples; returns self.
 
         Parameters
@@ -78,7 +87,7 @@ class Moments:
                                     samples.max(axis=0).astype(np.float64).reshape(shape))
         return self.merge(other)
 
-    def merge(self, other):
+    def merge(self, other: "Moments") -> "Moments":
         """Merge the statistics of `other` (another Moments) into this one; returns self.
 
         Chan, Golub and LeVeque's pairwise formula: the result equals the statistics of all the data up to
@@ -115,26 +124,26 @@ class Moments:
     # ------------------------------------------------------------------ results
 
     @property
-    def count(self):
+    def count(self) -> int:
         """The number of samples seen (an int)."""
         return self._count
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...] | None:
         """The feature shape, or None before the first batch."""
         return self._shape
 
-    def _require_data(self):
+    def _require_data(self) -> None:
         if self._count == 0:
             raise ValueError("Moments has seen no samples yet")
 
     @property
-    def mean(self):
+    def mean(self) -> Float64Array:
         """Per-feature mean, float64 array of the feature shape."""
         self._require_data()
         return self._shift + self._mean_offset
 
-    def var(self, ddof=0):
+    def var(self, ddof: int = 0) -> Float64Array:
         """Per-feature variance: M2 / (count - ddof); ddof=0 biased, ddof=1 unbiased."""
         self._require_data()
         ddof = check.integer("ddof", ddof)
@@ -142,23 +151,25 @@ class Moments:
             raise ValueError(f"ddof must be >= 0 and smaller than count {self._count}, got {ddof}")
         return self._m2 / (self._count - ddof)
 
-    def std(self, ddof=0):
+    def std(self, ddof: int = 0) -> Float64Array:
         """Per-feature standard deviation, sqrt(var(ddof))."""
         return np.sqrt(self.var(ddof))
 
     @property
-    def min(self):
+    def min(self) -> Float64Array:
         self._require_data()
-        return self._min.copy()
+        minimum: Float64Array = self._min.copy()
+        return minimum
 
     @property
-    def max(self):
+    def max(self) -> Float64Array:
         self._require_data()
-        return self._max.copy()
+        maximum: Float64Array = self._max.copy()
+        return maximum
 
     # ------------------------------------------------------------------ transport
 
-    def to_arrays(self):
+    def to_arrays(self) -> dict[str, Array]:
         """The full state as a dict of NumPy arrays (count as a 0-d int64), for any transport.
 
         Keys: count, shift, mean_offset (mean = shift + mean_offset), m2 (sum of squared deviations), min,
@@ -174,15 +185,16 @@ class Moments:
                 "max": self._max.copy()}
 
     @classmethod
-    def from_arrays(cls, arrays):
+    def from_arrays(cls, arrays: Mapping[str, ArrayLike]) -> "Moments":
         """A Moments from the dict `to_arrays` returned (or any mapping with the same keys)."""
         missing = [key for key in _FIELDS if key not in arrays]
         if missing:
             raise ValueError(f"arrays is missing {', '.join(missing)}")
-        count = np.asarray(arrays["count"])
-        if count.shape != () or count.dtype.kind not in "iu":
-            raise TypeError(f"count must be a 0-d integer array or an int, got {count.dtype} of shape {count.shape}")
-        count = int(count)
+        count_array = np.asarray(arrays["count"])
+        if count_array.shape != () or count_array.dtype.kind not in "iu":
+            raise TypeError(f"count must be a 0-d integer array or an int, got {count_array.dtype} of shape "
+                            f"{count_array.shape}")
+        count = int(count_array)
         if count < 0:
             raise ValueError(f"count must be >= 0, got {count}")
         values = {key: check.float_array(key, arrays[key]).astype(np.float64) for key in _FIELDS[1:]}
@@ -197,12 +209,13 @@ class Moments:
         return cls._from_state(count, shape, *(values[key] for key in _FIELDS[1:]))
 
     @classmethod
-    def _from_state(cls, count, shape, shift, mean_offset, m2, minimum, maximum):
+    def _from_state(cls, count: Any, shape: Any, shift: Any, mean_offset: Any, m2: Any, minimum: Any,
+                    maximum: Any) -> "Moments":
         result = cls()
         result._count, result._shape = int(count), tuple(shape)
         result._shift, result._mean_offset, result._m2 = shift, mean_offset, m2
         result._min, result._max = minimum, maximum
         return result
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Moments(count={self._count}, shape={self._shape})"

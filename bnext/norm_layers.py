@@ -1,4 +1,6 @@
 """Stateful LayerNorm, GroupNorm and InstanceNorm layers in the style of bnext.BatchNorm, on NumPy arrays."""
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -9,38 +11,45 @@ from .group_norm import _forward as group_forward
 from .layer_norm import _backward as layer_backward
 from .layer_norm import _forward as layer_forward
 from .instance_norm import instance_norm, instance_norm_backward
+from ._typing import Array, ArrayLike, DTypeLike, FloatArray
 
 
-def _dtype(dtype):
+def _dtype(dtype: DTypeLike) -> np.dtype[Any]:
     dtype = np.dtype(dtype)
     if dtype not in check.KERNEL_DTYPES:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     return dtype
 
 
+_LayerT = TypeVar("_LayerT", bound="_Layer")
+
+
 class _Layer:
     """train/eval switches and the saved forward state shared by the layers."""
 
     training = True
-    grad_weight = None
-    grad_bias = None
-    _saved = None
+    weight: Array | None
+    bias: Array | None
+    dtype: np.dtype[Any]
+    grad_weight: Array | None = None
+    grad_bias: Array | None = None
+    _saved: Any = None
 
-    def train(self, mode=True):
+    def train(self: _LayerT, mode: bool = True) -> _LayerT:
         """Switch to training mode; returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self: _LayerT) -> _LayerT:
         """Switch to inference mode; returns self."""
         return self.train(False)
 
-    def _saved_state(self):
+    def _saved_state(self) -> Any:
         if self._saved is None:
             raise RuntimeError("backward() called before a forward call")
         return self._saved
 
-    def _set_grads(self, dweight, dbias):
+    def _set_grads(self, dweight: Array, dbias: Array) -> None:
         if self.weight is not None:
             self.grad_weight = dweight.astype(self.dtype)
         if self.bias is not None:
@@ -72,7 +81,8 @@ class LayerNorm(_Layer):
     array([1., 1., 1., 1.], dtype=float32)
     """
 
-    def __init__(self, normalized_shape, *, eps=1e-5, elementwise_affine=True, bias=True, dtype=np.float32):
+    def __init__(self, normalized_shape: int | Sequence[int], *, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, dtype: DTypeLike = np.float32) -> None:
         self.normalized_shape = check.shape_tuple("normalized_shape", normalized_shape)
         self.eps = check.positive_finite("eps", eps)
         self.dtype = _dtype(dtype)
@@ -80,19 +90,19 @@ class LayerNorm(_Layer):
         self.weight = np.ones(self.normalized_shape, self.dtype) if elementwise_affine else None
         self.bias = np.zeros(self.normalized_shape, self.dtype) if elementwise_affine and bias else None
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> FloatArray:
         y, mean, invstd = layer_forward(x, self.normalized_shape, self.weight, self.bias, self.eps, None)
         self._saved = (x, mean, invstd)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> FloatArray:
         """Gradient with respect to the last input; sets `grad_weight` and `grad_bias`."""
         x, mean, invstd = self._saved_state()
         dx, dweight, dbias = layer_backward(dy, x, mean, invstd, self.weight, self.normalized_shape, None)
         self._set_grads(dweight, dbias)
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"LayerNorm({self.normalized_shape}, eps={self.eps}, "
                 f"elementwise_affine={self.elementwise_affine})")
 
@@ -119,7 +129,8 @@ class GroupNorm(_Layer):
     ((3, 4, 5), (3, 4, 5))
     """
 
-    def __init__(self, num_groups, num_channels, *, eps=1e-5, affine=True, dtype=np.float32):
+    def __init__(self, num_groups: int, num_channels: int, *, eps: float = 1e-5, affine: bool = True,
+                 dtype: DTypeLike = np.float32) -> None:
         self.num_groups = check.integer("num_groups", num_groups)
         self.num_channels = check.integer("num_channels", num_channels)
         if self.num_groups < 1:
@@ -132,13 +143,13 @@ class GroupNorm(_Layer):
         self.weight = np.ones(self.num_channels, self.dtype) if affine else None
         self.bias = np.zeros(self.num_channels, self.dtype) if affine else None
 
-    def _check_input(self, x):
+    def _check_input(self, x: ArrayLike) -> Array:
         x = check.batch_input("x", x)
         if x.shape[1] != self.num_channels:
             raise ValueError(f"x must have {self.num_channels} channels at axis 1, got shape {x.shape}")
         return x
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> FloatArray:
         x = self._check_input(x)
         weight = None if self.weight is None else self.weight.astype(np.float64)
         bias = None if self.bias is None else self.bias.astype(np.float64)
@@ -146,7 +157,7 @@ class GroupNorm(_Layer):
         self._saved = (x, mean, invstd)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> FloatArray:
         """Gradient with respect to the last input; sets `grad_weight` and `grad_bias` when affine."""
         x, mean, invstd = self._saved_state()
         x, dy, mean, invstd, weight, groups, _ = group_check_backward(dy, x, mean, invstd, self.weight,
@@ -155,7 +166,7 @@ class GroupNorm(_Layer):
         self._set_grads(dweight, dbias)
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"GroupNorm({self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine})"
 
 
@@ -184,8 +195,8 @@ class InstanceNorm(_Layer):
     ((3,), (4, 3, 8))
     """
 
-    def __init__(self, num_features, *, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
-                 dtype=np.float32):
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
+                 track_running_stats: bool = False, dtype: DTypeLike = np.float32) -> None:
         self.num_features = check.integer("num_features", num_features)
         if self.num_features < 0:
             raise ValueError(f"num_features must be >= 0, got {self.num_features}")
@@ -199,7 +210,7 @@ class InstanceNorm(_Layer):
         self.running_mean = np.zeros(self.num_features, self.dtype) if track_running_stats else None
         self.running_var = np.ones(self.num_features, self.dtype) if track_running_stats else None
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> FloatArray:
         x = check.batch_input("x", x)
         if x.shape[1] != self.num_features:
             raise ValueError(f"x must have {self.num_features} channels at axis 1, got shape {x.shape}")
@@ -210,7 +221,7 @@ class InstanceNorm(_Layer):
         self._saved = (x, mean, invstd, use_input_stats)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: ArrayLike) -> FloatArray:
         """Gradient with respect to the last input; sets `grad_weight` and `grad_bias` when affine."""
         x, mean, invstd, use_input_stats = self._saved_state()
         dx, dweight, dbias = instance_norm_backward(dy, x, mean, invstd, self.weight,
@@ -218,6 +229,6 @@ class InstanceNorm(_Layer):
         self._set_grads(dweight, dbias)
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"InstanceNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats})")

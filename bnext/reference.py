@@ -22,16 +22,23 @@ reference checks only what it needs to compute a meaningful answer.
 """
 
 import functools
+from collections.abc import Callable, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 from numpy.lib.array_utils import normalize_axis_index
+
+from ._typing import Array, ArrayLike, DTypeLike, FloatArray
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 __all__ = ["batch_norm_train", "batch_norm_eval", "batch_norm_backward", "layer_norm", "layer_norm_backward",
            "group_norm", "group_norm_backward", "instance_norm", "instance_norm_backward", "standardize",
            "minmax_scale"]
 
 
-def _channel_view(x, axis):
+def _channel_view(x: Array, axis: int) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
     """Return (axis, reduce_axes, param_shape) for x with channel axis `axis`.
 
     ``param_shape`` reshapes a (C,) vector so that it broadcasts against x.
@@ -45,23 +52,23 @@ def _channel_view(x, axis):
     return axis, reduce_axes, tuple(param_shape)
 
 
-def _as_float64_param(value, n_channels, default):
+def _as_float64_param(value: ArrayLike | None, n_channels: int, default: float) -> Array:
     """(C,) float64 copy of a per-channel parameter, or the default filled in."""
     if value is None:
         return np.full(n_channels, default, dtype=np.float64)
     return np.asarray(value, dtype=np.float64).reshape(n_channels)
 
 
-def _quiet_nonfinite(function):
+def _quiet_nonfinite(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """NaN and Inf are data, not errors: let them propagate without warnings."""
     @functools.wraps(function)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with np.errstate(invalid="ignore", over="ignore"):
             return function(*args, **kwargs)
     return wrapper
 
 
-def _store(result, dtype, out):
+def _store(result: Array, dtype: DTypeLike, out: Array | None) -> Array:
     """Cast a float64 result to `dtype`, writing it into `out` when given."""
     if out is None:
         return result.astype(dtype)
@@ -70,9 +77,10 @@ def _store(result, dtype, out):
 
 
 @_quiet_nonfinite
-def batch_norm_train(x, weight=None, bias=None, *, axis=1, eps=1e-5,
-                     running_mean=None, running_var=None, momentum=0.1,
-                     out=None):
+def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+                     axis: int = 1, eps: float = 1e-5, running_mean: FloatArray | None = None,
+                     running_var: FloatArray | None = None, momentum: float = 0.1,
+                     out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Training-mode batch normalization with batch statistics.
 
     Parameters
@@ -166,8 +174,9 @@ def batch_norm_train(x, weight=None, bias=None, *, axis=1, eps=1e-5,
 
 
 @_quiet_nonfinite
-def batch_norm_eval(x, running_mean, running_var, weight=None, bias=None, *,
-                    axis=1, eps=1e-5, out=None):
+def batch_norm_eval(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike, weight: ArrayLike | None = None,
+                    bias: ArrayLike | None = None, *, axis: int = 1, eps: float = 1e-5,
+                    out: FloatArray | None = None) -> FloatArray:
     """Inference-mode batch normalization with given (running) statistics.
 
     Parameters
@@ -217,7 +226,9 @@ def batch_norm_eval(x, running_mean, running_var, weight=None, bias=None, *,
 
 
 @_quiet_nonfinite
-def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None):
+def batch_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: ArrayLike | None = None, *, axis: int = 1,
+                        out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Training-mode gradients of batch normalization.
 
     Uses the mean and invstd saved by `batch_norm_train` on the same x.
@@ -285,7 +296,7 @@ def batch_norm_backward(dy, x, mean, invstd, weight=None, *, axis=1, out=None):
 # Each normalizes "rows": a (rows, m) float64 matrix whose rows are normalized by their own two-pass mean
 # and biased variance. Layer norm's rows are samples, group norm's are (sample, group) pairs.
 
-def _row_stats(rows, eps):
+def _row_stats(rows: Array, eps: float) -> tuple[Array, Array, Array]:
     """Two-pass mean, biased variance and invstd of each row, shifted by the row's first value."""
     if rows.shape[1] == 0:
         zeros = np.zeros(rows.shape[0])
@@ -297,19 +308,21 @@ def _row_stats(rows, eps):
     return mean, var, 1.0 / np.sqrt(var + eps)
 
 
-def _row_backward(dy_rows, x_hat, invstd):
+def _row_backward(dy_rows: Array, x_hat: Array, invstd: Array) -> Array:
     """dx of row normalization for g = dL/dx_hat: invstd * (g - mean(g) - x_hat * mean(g * x_hat))."""
     m = max(1, x_hat.shape[1])
-    return invstd[:, None] * (dy_rows - dy_rows.sum(axis=1, keepdims=True) / m
-                              - x_hat * (dy_rows * x_hat).sum(axis=1, keepdims=True) / m)
+    dx: Array = invstd[:, None] * (dy_rows - dy_rows.sum(axis=1, keepdims=True) / m
+                                   - x_hat * (dy_rows * x_hat).sum(axis=1, keepdims=True) / m)
+    return dx
 
 
-def _shape_tuple(normalized_shape):
+def _shape_tuple(normalized_shape: Any) -> tuple[int, ...]:
     return (int(normalized_shape),) if np.ndim(normalized_shape) == 0 else tuple(int(s) for s in normalized_shape)
 
 
 @_quiet_nonfinite
-def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=None):
+def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: ArrayLike | None = None,
+               bias: ArrayLike | None = None, *, eps: float = 1e-5, out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Layer normalization over the trailing `normalized_shape` dims; returns (y, mean, invstd).
 
     mean and invstd have shape ``x.shape[:-len(normalized_shape)]``; weight and bias (optional) the
@@ -329,7 +342,9 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, *, eps=1e-5, out=Non
 
 
 @_quiet_nonfinite
-def layer_norm_backward(dy, x, mean, invstd, weight=None, *, normalized_shape, out=None):
+def layer_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: ArrayLike | None = None, *, normalized_shape: int | Sequence[int],
+                        out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradients of layer_norm: (dx, dweight, dbias), dweight/dbias of the normalized shape."""
     x = np.asarray(x)
     shape = _shape_tuple(normalized_shape)
@@ -346,12 +361,13 @@ def layer_norm_backward(dy, x, mean, invstd, weight=None, *, normalized_shape, o
     return _store(dx.reshape(x.shape), x.dtype, out), dweight.astype(x.dtype), dbias.astype(x.dtype)
 
 
-def _per_channel(value, n_channels, default):
+def _per_channel(value: ArrayLike | None, n_channels: int, default: float) -> Array:
     return np.broadcast_to(_as_float64_param(value, n_channels, default), (1, n_channels)).reshape(1, n_channels, 1)
 
 
 @_quiet_nonfinite
-def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, out=None):
+def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, bias: ArrayLike | None = None, *,
+               eps: float = 1e-5, out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Group normalization of x (N, C, *): statistics per (sample, group); returns (y, mean, invstd) (N, G)."""
     x = np.asarray(x)
     n, n_channels = x.shape[:2]
@@ -364,7 +380,9 @@ def group_norm(x, num_groups, weight=None, bias=None, *, eps=1e-5, out=None):
 
 
 @_quiet_nonfinite
-def group_norm_backward(dy, x, mean, invstd, weight=None, *, num_groups, out=None, _batch_stats=True):
+def group_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        weight: ArrayLike | None = None, *, num_groups: int, out: FloatArray | None = None,
+                        _batch_stats: bool = True) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradients of group_norm: (dx, dweight, dbias), dweight/dbias of shape (C,)."""
     x = np.asarray(x)
     n, n_channels = x.shape[:2]
@@ -386,8 +404,10 @@ def group_norm_backward(dy, x, mean, invstd, weight=None, *, num_groups, out=Non
 
 
 @_quiet_nonfinite
-def instance_norm(x, weight=None, bias=None, *, eps=1e-5, running_mean=None, running_var=None, momentum=0.1,
-                  use_input_stats=True, out=None):
+def instance_norm(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike | None = None, *, eps: float = 1e-5,
+                  running_mean: FloatArray | None = None, running_var: FloatArray | None = None,
+                  momentum: float = 0.1, use_input_stats: bool = True,
+                  out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Instance normalization of x (N, C, *): group norm with G = C; returns (y, mean, invstd) (N, C).
 
     With use_input_stats the running buffers (when given) move towards the batch averages of the instance
@@ -412,7 +432,9 @@ def instance_norm(x, weight=None, bias=None, *, eps=1e-5, running_mean=None, run
     return group_norm(x, n_channels, weight, bias, eps=eps, out=out)
 
 
-def instance_norm_backward(dy, x, mean, invstd, weight=None, *, use_input_stats=True, out=None):
+def instance_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                           weight: ArrayLike | None = None, *, use_input_stats: bool = True,
+                           out: FloatArray | None = None) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Gradients of instance_norm: (dx, dweight, dbias), dweight/dbias of shape (C,)."""
     return group_norm_backward(dy, x, mean, invstd, weight, num_groups=np.shape(x)[1], out=out,
                                _batch_stats=use_input_stats)
@@ -420,16 +442,17 @@ def instance_norm_backward(dy, x, mean, invstd, weight=None, *, use_input_stats=
 
 # ----------------------------------------------------------------- feature scaling
 
-def _samples(x, axis):
+def _samples(x: ArrayLike, axis: int) -> tuple[Array, Callable[[Array], Array]]:
     """x as a float64 (samples, features) matrix with the sample axis first, and a function undoing that."""
     moved = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0)
-    def restore(result):
+    def restore(result: Array) -> Array:
         return np.moveaxis(result.reshape(moved.shape), 0, axis)
     return moved.reshape(moved.shape[0], -1), restore
 
 
 @_quiet_nonfinite
-def standardize(x, axis=0, *, ddof=0, eps=0.0, out=None):
+def standardize(x: ArrayLike, axis: int = 0, *, ddof: int = 0, eps: float = 0.0,
+                out: FloatArray | None = None) -> FloatArray:
     """(x - mean) / sqrt(var + eps) per feature along the sample axis; zero-spread features become 0."""
     x = np.asarray(x)
     samples, restore = _samples(x, axis)
@@ -442,7 +465,8 @@ def standardize(x, axis=0, *, ddof=0, eps=0.0, out=None):
 
 
 @_quiet_nonfinite
-def minmax_scale(x, axis=0, *, feature_range=(0, 1), out=None):
+def minmax_scale(x: ArrayLike, axis: int = 0, *, feature_range: tuple[float, float] = (0, 1),
+                 out: FloatArray | None = None) -> FloatArray:
     """(x - min) * (high - low) / (max - min) + low per feature, NaN ignored; constant features map to low."""
     x = np.asarray(x)
     low, high = feature_range

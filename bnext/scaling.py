@@ -7,6 +7,7 @@ minimum and maximum from NumPy's reductions, which already run at memory speed.
 """
 
 import math
+from typing import Any, cast
 
 import numpy as np
 
@@ -14,13 +15,14 @@ from . import _validation as check
 from ._dispatch import kernels
 from ._layout import Output, readable_view
 from ._threads import get_num_threads
+from ._typing import Array, ArrayLike, FloatArray
 
 _LAYOUT_NOTE = """
     x is seen as (samples, features) with the sample axis first; when the other axes cannot be merged
     into one strided axis without a copy, x is first copied. 2-D data in C or Fortran order never is."""
 
 
-def _as_samples(arr, axis):
+def _as_samples(arr: Array, axis: int) -> Array | None:
     """A (samples, features) view of arr with `axis` as the samples, or None when that needs a copy."""
     moved = np.moveaxis(arr, axis, 0)
     try:
@@ -36,11 +38,12 @@ class SampleProblem:
     geometry; ``finish()`` returns y in x's shape.
     """
 
-    def __init__(self, x, axis, out):
+    def __init__(self, x: Array, axis: int, out: Array | None) -> None:
         self.x, self.axis, self.out = x, axis, out
         samples = _as_samples(x, axis)
         if samples is None:
             samples = _as_samples(np.ascontiguousarray(np.moveaxis(x, axis, 0)), 0)
+        assert samples is not None  # a C-ordered array always merges
         self.samples = samples
         self.n_samples, self.n_features = samples.shape
         # Feature-major memory (Fortran order, or samples on the last axis): features are the rows.
@@ -56,19 +59,19 @@ class SampleProblem:
         self.target = Output(out_oriented, oriented, self.feature_axis, [oriented])
         self.oriented = oriented
 
-    def stats(self):
+    def stats(self) -> tuple[Array, Array]:
         """Per-feature mean and biased variance (float64), from batch_stats."""
         mean = np.zeros(self.n_features)
         var = np.zeros(self.n_features)
         kernels.batch_stats(readable_view(self.oriented, self.feature_axis), mean, var, get_num_threads())
         return mean, var
 
-    def affine(self, center, scale, shift):
+    def affine(self, center: Array, scale: Array, shift: Array) -> None:
         """Write (x - center) * scale + shift per feature."""
         kernels.normalize(readable_view(self.oriented, self.feature_axis), center, scale, shift,
                           self.target.view, get_num_threads())
 
-    def finish(self):
+    def finish(self) -> Array:
         result = self.target.finish()
         if self.out is not None:
             if self.scratch is not None:
@@ -79,7 +82,7 @@ class SampleProblem:
         return np.moveaxis(result.reshape(np.moveaxis(self.x, self.axis, 0).shape), 0, self.axis)
 
 
-def _check_input(x, axis, out):
+def _check_input(x: Any, axis: Any, out: Any) -> tuple[Array, int, Array | None]:
     x = check.float_array("x", x)
     if x.ndim < 1:
         raise ValueError(f"x must have at least 1 dimension, got shape {x.shape}")
@@ -88,7 +91,8 @@ def _check_input(x, axis, out):
     return x, axis, out
 
 
-def standardize(x, axis=0, *, ddof=0, eps=0.0, out=None):
+def standardize(x: ArrayLike, axis: int = 0, *, ddof: int = 0, eps: float = 0.0,
+                out: FloatArray | None = None) -> FloatArray:
     """Z-score standardization along the sample axis: ``(x - mean) / sqrt(var + eps)`` per feature.
 
     Parameters
@@ -137,7 +141,8 @@ def standardize(x, axis=0, *, ddof=0, eps=0.0, out=None):
     return problem.finish()
 
 
-def minmax_scale(x, axis=0, *, feature_range=(0, 1), out=None):
+def minmax_scale(x: ArrayLike, axis: int = 0, *, feature_range: tuple[float, float] = (0, 1),
+                 out: FloatArray | None = None) -> FloatArray:
     """Scale each feature to `feature_range` by its minimum and maximum along the sample axis.
 
     Parameters
@@ -181,7 +186,7 @@ def minmax_scale(x, axis=0, *, feature_range=(0, 1), out=None):
     return problem.finish()
 
 
-def _feature_range(feature_range):
+def _feature_range(feature_range: Any) -> tuple[float, float]:
     try:
         low, high = feature_range
     except (TypeError, ValueError):
@@ -194,4 +199,4 @@ def _feature_range(feature_range):
 
 
 for _function in (standardize, minmax_scale):
-    _function.__doc__ = _function.__doc__.replace("{layout}", _LAYOUT_NOTE)
+    _function.__doc__ = cast(str, _function.__doc__).replace("{layout}", _LAYOUT_NOTE)
