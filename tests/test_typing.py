@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import sysconfig
 import textwrap
 
 import pytest
@@ -27,8 +28,13 @@ def test_mypy_strict_passes(tmp_path):
     assert os.path.exists(os.path.join(package, "py.typed"))
     config = tmp_path / "mypy.ini"
     config.write_text(MYPY_CONFIG)
+    # An installed wheel is found by name (PEP 561: py.typed); a checkout or an editable install (whose
+    # import hook mypy cannot follow) is checked by its path.
+    site_dirs = {os.path.realpath(sysconfig.get_paths()[key]) for key in ("purelib", "platlib")}
+    installed = os.path.dirname(os.path.realpath(package)) in site_dirs
+    target = ["-p", "bnext"] if installed else [package]
     completed = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--config-file", str(config), "--cache-dir",
-         str(tmp_path / "cache"), package],
+         str(tmp_path / "cache"), *target],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout + completed.stderr
