@@ -10,8 +10,8 @@ AVX-512; bnext._dispatch picks the best one the CPU runs at import time. No -mar
 """
 
 import os
-import platform
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import warnings
@@ -60,8 +60,11 @@ SIMD_FLAGS = {
 
 
 def simd_builds_possible():
-    machine = platform.machine().lower()
-    return os.environ.get("BNEXT_SIMD_BUILDS", "1") != "0" and machine in ("x86_64", "amd64")
+    # The machine the extensions are built for, which is not the build machine's when cross-compiling:
+    # sysconfig honours _PYTHON_HOST_PLATFORM (set e.g. by cibuildwheel for macOS arm64 on an x86-64
+    # runner); "universal2" gets no SIMD builds since they would not compile for its arm64 half.
+    target = sysconfig.get_platform().rsplit("-", 1)[-1].lower()
+    return os.environ.get("BNEXT_SIMD_BUILDS", "1") != "0" and target in ("x86_64", "amd64")
 
 
 def openmp_flags(compiler_type):
