@@ -107,7 +107,10 @@ class BuildExtWithOpenMP(build_ext):
             self.extensions = [e for e in self.extensions if not SIMD_FLAGS.get(e.name)]
         for ext in self.extensions:
             simd = [] if msvc else SIMD_FLAGS.get(ext.name, [])
-            ext.extra_compile_args += optimise + simd + (compile_flags if use_openmp else [])
+            flags = optimise + simd + (compile_flags if use_openmp else [])
+            ext.extra_compile_args += flags
+            if not msvc:  # for bnext.show_config(); MSVC's command line would mangle the quotes
+                ext.define_macros.append(("BNEXT_BUILD_FLAGS", '"' + " ".join(flags) + '"'))
             ext.extra_link_args += link_flags if use_openmp else []
             ext.define_macros.append(("BNEXT_OPENMP", "1" if use_openmp else "0"))
         super().build_extensions()

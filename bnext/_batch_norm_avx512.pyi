@@ -3,3 +3,4 @@ from ._batch_norm import batch_stats as batch_stats
 from ._batch_norm import gradient_sums as gradient_sums
 from ._batch_norm import input_gradient as input_gradient
 from ._batch_norm import normalize as normalize
+from ._batch_norm import build_flags as build_flags

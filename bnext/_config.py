@@ -10,10 +10,12 @@ from ._version import __version__
 
 
 def build_info() -> dict[str, Any]:
-    """A dict: bnext and NumPy versions, the SIMD build in use and those available, OpenMP and threads."""
+    """A dict: versions, compiler and flags, the SIMD build in use and those available, OpenMP and threads."""
     return {
         "bnext": __version__,
         "numpy": np.__version__,
+        "compiler": _runtime.compiler(),
+        "flags": _dispatch.kernels.build_flags(),
         "simd_path": _dispatch.simd_path,
         "simd_builds": _dispatch.available_builds(),
         "openmp": _runtime.openmp_enabled(),

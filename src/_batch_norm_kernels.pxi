@@ -23,6 +23,20 @@ from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_mer
                        run_shifted_sums, shifted_to_moments)
 
 
+cdef extern from *:
+    """
+    #ifndef BNEXT_BUILD_FLAGS
+    #define BNEXT_BUILD_FLAGS "unknown"
+    #endif
+    """
+    const char* BNEXT_BUILD_FLAGS
+
+
+def build_flags():
+    """The extra compiler flags this build of the kernels was made with."""
+    return BNEXT_BUILD_FLAGS.decode()
+
+
 cdef inline bint channel_minor(Py_ssize_t C, Py_ssize_t n_inner) noexcept nogil:
     return n_inner == 1 and C > 1
 

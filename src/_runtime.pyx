@@ -27,6 +27,20 @@ cdef extern from *:
     int bnext_simd_level() nogil
     int BNEXT_OPENMP
 
+cdef extern from *:
+    """
+    #if defined(__clang__)
+    #define BNEXT_COMPILER "clang " __clang_version__
+    #elif defined(__GNUC__)
+    #define BNEXT_COMPILER "gcc " __VERSION__
+    #elif defined(_MSC_VER)
+    #define BNEXT_COMPILER "msvc"
+    #else
+    #define BNEXT_COMPILER "unknown"
+    #endif
+    """
+    const char* BNEXT_COMPILER
+
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP."""
@@ -41,3 +55,8 @@ def max_threads():
 def cpu_simd_level():
     """2 for AVX-512 (F/BW/DQ/VL), 1 for AVX2 + FMA, 0 otherwise."""
     return bnext_simd_level()
+
+
+def compiler():
+    """The compiler that built bnext, as it names itself."""
+    return BNEXT_COMPILER.decode()

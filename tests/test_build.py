@@ -98,3 +98,13 @@ def test_show_config_reports_the_build(capsys):
     printed = capsys.readouterr().out
     assert f"simd_path    {_dispatch.simd_path}" in printed
     assert bnext.__version__ in printed
+
+
+def test_show_config_names_compiler_and_flags():
+    info = bnext.build_info()
+    if sys.platform != "win32":
+        assert info["compiler"].startswith(("gcc", "clang")), info["compiler"]
+    if _runtime.openmp_enabled() and sys.platform.startswith("linux"):
+        assert "-fopenmp" in info["flags"]
+    if _dispatch.simd_path == "avx512":
+        assert "-mavx512f" in info["flags"]
