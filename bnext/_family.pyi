@@ -9,12 +9,12 @@ from numpy.typing import NDArray
 
 _Floats = NDArray[np.floating[Any]]  # float32 or float64, the same for every data argument of a call
 
-def column_affine(x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.float64],
-                  weight: NDArray[np.float64], bias: NDArray[np.float64], y_out: _Floats,
-                  n_threads: int) -> None: ...
 def layer_norm_gradient(dy: _Floats, x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.float64],
                         weight: NDArray[np.float64], dx_out: _Floats, dweight_out: NDArray[np.float64],
                         dbias_out: NDArray[np.float64], n_threads: int) -> None: ...
 def row_input_gradient(dy: _Floats, x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.float64],
                        scale: NDArray[np.float64], dy_scale: NDArray[np.float64], coef_1: NDArray[np.float64],
                        coef_x_hat: NDArray[np.float64], dx_out: _Floats, n_threads: int) -> None: ...
+def layer_norm_forward(x: _Floats, weight: NDArray[np.float64], bias: NDArray[np.float64], eps: float,
+                       mean_out: NDArray[np.float64], var_out: NDArray[np.float64],
+                       invstd_out: NDArray[np.float64], y_out: _Floats, n_threads: int) -> None: ...

@@ -1,8 +1,8 @@
 """Layer normalization: statistics over the trailing ``normalized_shape`` values of each sample.
 
-The statistics are batch norm's own kernel on a free reshape: N samples of D values are the (1, N, D)
-view, N "channels" of D values each (double accumulation, bitwise thread-count invariant). Only the
-elementwise affine over normalized_shape and the backward have kernels of their own (src/_family_kernels.pxi).
+The forward is one fused row kernel (src/_family_kernels.pxi: layer_norm_forward): each sample's D values
+are a contiguous row whose statistics (batch norm's block moments and Chan merge, in double) and elementwise
+affine over normalized_shape happen while the row is in L1. The backward is a fused row kernel too.
 """
 
 import math
@@ -12,7 +12,7 @@ from typing import Any, cast
 import numpy as np
 
 from . import _validation as check
-from ._dispatch import family_kernels, kernels
+from ._dispatch import family_kernels
 from ._layout import RowsOutput
 from ._threads import get_num_threads
 from ._typing import Array, ArrayLike, FloatArray
@@ -55,12 +55,11 @@ def _forward(x: Any, normalized_shape: Any, weight: Any, bias: Any, eps: Any, ou
         return target.finish(), mean.reshape(outer), (1.0 / np.sqrt(var + eps)).reshape(outer)
     x_rows = np.ascontiguousarray(x).reshape(n_rows, length)
     n_threads = get_num_threads()
-    kernels.batch_stats(x_rows.reshape(1, n_rows, length), mean, var, n_threads)
-    invstd = 1.0 / np.sqrt(var + eps)
+    invstd = np.zeros(n_rows)
     weight = np.ones(length) if weight is None else weight.ravel()
     bias = np.zeros(length) if bias is None else bias.ravel()
-    family_kernels.column_affine(x_rows, mean, invstd, weight, bias, target.target.reshape(n_rows, length),
-                                 n_threads)
+    family_kernels.layer_norm_forward(x_rows, weight, bias, eps, mean, var, invstd,
+                                      target.target.reshape(n_rows, length), n_threads)
     return target.finish(), mean.reshape(outer), invstd.reshape(outer)
 
 
