@@ -26,7 +26,7 @@ def test_defaults_cover_every_shape_dtype_layout_and_op():
     assert settings["shapes"] == list(cases.FULL_SHAPES)
     assert settings["dtypes"] == ["float32", "float64"]
     assert settings["layouts"] == ["nchw", "nhwc"]
-    assert settings["ops"] == ["train", "eval", "backward"]
+    assert settings["ops"] == ["train", "eval", "backward", "layer_norm", "group_norm"]
     assert settings["threads"][0] == 1
     assert settings["repeat"] == 5
 
@@ -107,10 +107,11 @@ def test_quick_run_prints_a_table_per_op(capsys):
     header = next(line for line in out.splitlines() if line.startswith("shape"))
     assert header.split() == ["shape", "layout", "dtype", "threads", "bnext", "GB/s", "vs", "ref"] + (
         ["vs", "torch"] if HAS_TORCH else []) + ["/copy"]
-    # 4x3x2x2 in nchw and nhwc, 8x5 once as "nc", for each of the 3 ops.
-    assert out.count("4x3x2x2 ") == 6 and out.count("8x5 ") == 3
-    assert out.count("geometric mean") == 3
-    assert err.splitlines()[-1].startswith("[9/9] backward 8x5-float32-nc-t1")  # the progress lines
+    # 4x3x2x2 in nchw for the 5 ops and nhwc for the 3 batch-norm ops (the siblings are C-ordered only),
+    # 8x5 once as "nc" for each of the 5 ops.
+    assert out.count("4x3x2x2 ") == 8 and out.count("8x5 ") == 5
+    assert out.count("geometric mean") == 5
+    assert err.splitlines()[-1].startswith("[13/13] group_norm 8x5-float32-nc-t1")  # the progress lines
 
 
 def test_json_has_results_and_machine_info(tmp_path, capsys):

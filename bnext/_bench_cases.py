@@ -16,6 +16,7 @@ Implementations (see `make_call`):
 """
 
 import contextlib
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,9 @@ from ._typing import Array
 #: A timed call: no arguments, its result is ignored.
 BenchCall = Callable[[], object]
 
-OPS = ("train", "eval", "backward")
+OPS = ("train", "eval", "backward", "layer_norm", "group_norm")
+# The siblings' forwards: layer norm over the last axis, group norm with gcd(C, 32) groups; C-ordered only.
+FAMILY_OPS = ("layer_norm", "group_norm")
 DTYPES = ("float32", "float64")
 LAYOUTS = ("nchw", "nhwc")
 IMPLEMENTATIONS = ("bnext", "reference", "torch", "copy", "copy-threaded")
@@ -43,6 +46,7 @@ FULL_SHAPES = (
     (16, 3, 224, 224),
     (256, 1024),
     (64, 64, 112, 112),
+    (64, 196, 768),  # the transformer shape of the siblings' targets: layer norm over 768
 )
 # `python -m bnext bench --quick`: one large activation, one many-channel, one 2-D; a few seconds in all.
 QUICK_SHAPES = ((32, 64, 56, 56), (128, 512, 7, 7), (256, 1024))
@@ -147,6 +151,8 @@ def make_cases(ops: Iterable[str], shapes: Iterable[Sequence[int]], dtypes: Iter
                     continue
                 seen_layouts.append(layout)
                 for op in ops:
+                    if op in FAMILY_OPS and layout == "nhwc":
+                        continue
                     for n_threads in threads:
                         cases.append(Case(op, tuple(shape), dtype, layout, n_threads))
     return cases
@@ -168,6 +174,9 @@ def make_inputs(case: Case, *, with_backward: bool = True, seed: int = 0) -> dic
         "bias": (0.1 * rng.standard_normal(n_channels)).astype(dtype),
         "running_mean": np.zeros(n_channels, dtype),
         "running_var": np.ones(n_channels, dtype),
+        # layer norm's elementwise affine over the last axis
+        "row_weight": (1.0 + 0.1 * rng.standard_normal(case.shape[-1])).astype(dtype),
+        "row_bias": (0.1 * rng.standard_normal(case.shape[-1])).astype(dtype),
     }
     if with_backward:
         channel_axis = x.ndim - 1 if case.layout == "nhwc" else 1
@@ -202,6 +211,8 @@ def _numpy_api_call(impl: str, case: Case, inputs: dict[str, Array], preallocate
     import bnext.reference
 
     module = bnext if impl == "bnext" else bnext.reference
+    if case.op in FAMILY_OPS:
+        return _family_call(module, case, inputs)
     function = getattr(module, f"batch_norm_{case.op}")
     x, weight, bias, axis = inputs["x"], inputs["weight"], inputs["bias"], case.axis
     out = np.empty_like(x) if preallocate_out else None
@@ -219,6 +230,19 @@ def _numpy_api_call(impl: str, case: Case, inputs: dict[str, Array], preallocate
         dy, mean, invstd = inputs["dy"], inputs["mean"], inputs["invstd"]
         return lambda: function(dy, x, mean, invstd, weight, axis=axis, out=out)
     raise ValueError(f"unknown op {case.op!r}; expected one of {OPS}")
+
+
+def group_count(case: Case) -> int:
+    return math.gcd(case.shape[1], 32)
+
+
+def _family_call(module: Any, case: Case, inputs: dict[str, Array]) -> BenchCall:
+    x = inputs["x"]
+    if case.op == "layer_norm":
+        row_weight, row_bias = inputs["row_weight"], inputs["row_bias"]
+        return lambda: module.layer_norm(x, case.shape[-1], row_weight, row_bias, eps=EPS)
+    weight, bias, groups = inputs["weight"], inputs["bias"], group_count(case)
+    return lambda: module.group_norm(x, groups, weight, bias, eps=EPS)
 
 
 _torch: Any = None  # None: not looked for yet; False: not installed; else the module
@@ -251,6 +275,13 @@ def _torch_call(case: Case, inputs: dict[str, Array]) -> BenchCall:
     weight = torch.from_numpy(inputs["weight"])
     bias = torch.from_numpy(inputs["bias"])
     functional = torch.nn.functional
+    if case.op == "layer_norm":
+        row_weight = torch.from_numpy(inputs["row_weight"])
+        row_bias = torch.from_numpy(inputs["row_bias"])
+        return lambda: functional.layer_norm(x, (case.shape[-1],), row_weight, row_bias, EPS)
+    if case.op == "group_norm":
+        groups = group_count(case)
+        return lambda: functional.group_norm(x, groups, weight, bias, EPS)
     if case.op == "train":
         running_mean = torch.from_numpy(inputs["running_mean"].copy())
         running_var = torch.from_numpy(inputs["running_var"].copy())

@@ -9,6 +9,9 @@ from numpy.typing import NDArray
 
 _Floats = NDArray[np.floating[Any]]  # float32 or float64, the same for every data argument of a call
 
+def column_affine(x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.float64],
+                  weight: NDArray[np.float64], bias: NDArray[np.float64], y_out: _Floats,
+                  n_threads: int) -> None: ...
 def layer_norm_gradient(dy: _Floats, x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.float64],
                         weight: NDArray[np.float64], dx_out: _Floats, dweight_out: NDArray[np.float64],
                         dbias_out: NDArray[np.float64], n_threads: int) -> None: ...

@@ -52,6 +52,8 @@ OP_TITLES = {
     "train": "train forward (y, mean, invstd; running stats updated)",
     "eval": "eval forward (y from running stats)",
     "backward": "backward (dx, dweight, dbias)",
+    "layer_norm": "layer_norm forward over the last axis (y, mean, invstd)",
+    "group_norm": "group_norm forward, gcd(C, 32) groups (y, mean, invstd)",
 }
 MIN_RUN_SECONDS = 1e-3
 

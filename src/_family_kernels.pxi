@@ -57,6 +57,39 @@ cdef inline void split_row_mean(double mean, floating* hi, floating* lo) noexcep
     lo[0] = <floating>(mean - <double>hi[0])
 
 
+# Layer-norm affine with given row statistics (used for rows too short for the fused kernel, whose
+# statistics come from batch_stats' short-row lanes): y[r, i] = ((x - mean_hi) - mean_lo) * invstd * weight[i]
+# + bias[i]. Memory passes: read x, write y.
+
+def column_affine(const floating[:, ::1] x, const double[::1] mean, const double[::1] invstd,
+                  const double[::1] weight, const double[::1] bias, floating[:, ::1] y_out, int n_threads):
+    """y_out = (x - mean[r]) * invstd[r] * weight[i] + bias[i]; y_out may be x itself."""
+    cdef Py_ssize_t n_rows = x.shape[0], length = x.shape[1]
+    cdef Py_ssize_t xs = x.strides[0] // sizeof(floating), ys = y_out.strides[0] // sizeof(floating)
+    cdef const floating* px = &x[0, 0]
+    cdef floating* py = &y_out[0, 0]
+    cdef floating* vectors = <floating*>family_malloc(2 * length * sizeof(floating))
+    cdef floating* weight_f = vectors
+    cdef floating* bias_f = vectors + length
+    cdef RowItems it = row_items(n_rows, length)
+    cdef Py_ssize_t item, r, r0, r1, i0, n, i
+    try:
+        with nogil:
+            for i in range(length):
+                weight_f[i] = <floating>weight[i]
+                bias_f[i] = <floating>bias[i]
+            for item in prange(it.n_items, num_threads=n_threads, schedule="static"):
+                r0 = (item // it.chunks_per_row) * it.rows_per_item
+                r1 = min(r0 + it.rows_per_item, n_rows)
+                i0 = (item % it.chunks_per_row) * it.chunk
+                n = min(it.chunk, length - i0)
+                for r in range(r0, r1):
+                    column_affine_run(px + r * xs + i0, py + r * ys + i0, n, mean[r], <floating>invstd[r],
+                                      weight_f + i0, bias_f + i0)
+    finally:
+        free(vectors)
+
+
 # Layer-norm affine of one row: y[i] = ((x - mean_hi) - mean_lo) * invstd * weight[i] + bias[i].
 
 cdef inline void column_affine_run(const floating* x, floating* y, Py_ssize_t n, double mean, floating invstd,
@@ -70,9 +103,10 @@ cdef inline void column_affine_run(const floating* x, floating* y, Py_ssize_t n,
 
 # ---------------------------------------------------------------------------------------------------------
 # Fused layer-norm forward: each row (a sample) is contiguous, so a thread takes whole rows, computes a row's
-# statistics and normalizes it right away, while it is in L1. Memory passes: read x, write y. (The same
-# fusion for group norm's longer (n, g) rows was measured slower here than batch_stats + normalize, so group
-# norm keeps the two passes.)
+# statistics and normalizes it right away, while it is in L1. Memory passes: read x, write y. For rows of
+# at most 16 values the per-row setup costs more than the pass saves: those use batch_stats + column_affine.
+# (The same fusion for group norm's longer (n, g) rows was measured slower here than batch_stats +
+# normalize, so group norm keeps the two passes.)
 
 cdef inline Moments row_moments(const floating* x, Py_ssize_t length) noexcept nogil:
     """A row's moments: its BlockPlan chunks (as batch_stats cuts a row), Chan-merged in order."""
