@@ -42,6 +42,11 @@ def same_memory_layout(a: Array, b: Array) -> bool:
             and a.strides == b.strides)
 
 
+
+def overlaps_partially(out: Array, inputs: Sequence[Array]) -> bool:
+    """Whether `out` may share memory with an input other than exactly (in place is fine elementwise)."""
+    return any(np.may_share_memory(out, a) and not same_memory_layout(out, a) for a in inputs)
+
 class Output:
     """The array a kernel writes, and its kernel view.
 
@@ -62,8 +67,7 @@ class Output:
         else:
             self.array = out
             view = kernel_view(out, axis)
-            aliased = any(np.may_share_memory(out, a) and not same_memory_layout(out, a) for a in inputs)
-            if view is None or aliased:
+            if view is None or overlaps_partially(out, inputs):
                 self.scratch = np.empty(like.shape, like.dtype)
                 view = kernel_view(self.scratch, axis)
         assert view is not None  # a C-ordered array always merges
@@ -86,8 +90,7 @@ class RowsOutput:
     def __init__(self, out: Array | None, like: Array, inputs: Sequence[Array]) -> None:
         self.out = out
         self.array = np.empty(like.shape, like.dtype) if out is None else out
-        aliased = out is not None and any(
-            np.may_share_memory(out, a) and not same_memory_layout(out, a) for a in inputs)
+        aliased = out is not None and overlaps_partially(out, inputs)
         if self.array.flags.c_contiguous and not aliased:
             self.target = self.array
         else:
