@@ -42,7 +42,7 @@ def selected_profile():
 
 def implementations(case):
     """The implementations timed for ``case``, as pytest params (torch skipped when not installed)."""
-    params = [pytest.param("bnext"), pytest.param("reference")]
+    params = [pytest.param("bnext"), pytest.param("bnext-out"), pytest.param("reference")]
     missing_torch = cases.load_torch() is None
     params.append(pytest.param("torch", marks=pytest.mark.skipif(missing_torch, reason="torch not installed")))
     params.append(pytest.param("copy"))

@@ -47,9 +47,8 @@ def test_quick_picks_few_shapes_in_float32_and_explicit_options_win():
         (["--shapes", "32x64x56x56,256x1024"], "shapes", [(32, 64, 56, 56), (256, 1024)]),
         (["--ops", "backward"], "ops", ["backward"]),
         (["--repeat", "3"], "repeat", 3),
-        (["--out"], "preallocated_out", True),
     ],
-    ids=["threads", "dtype", "layout", "shapes", "ops", "repeat", "out"],
+    ids=["threads", "dtype", "layout", "shapes", "ops", "repeat"],
 )
 def test_option_parsing(argv, key, expected):
     assert parse(*argv)[key] == expected
@@ -105,8 +104,8 @@ def test_quick_run_prints_a_table_per_op(capsys):
     for title in bench.OP_TITLES.values():
         assert title in out
     header = next(line for line in out.splitlines() if line.startswith("shape"))
-    assert header.split() == ["shape", "layout", "dtype", "threads", "bnext", "GB/s", "vs", "ref"] + (
-        ["vs", "torch"] if HAS_TORCH else []) + ["/copy"]
+    assert header.split() == ["shape", "layout", "dtype", "threads", "bnext", "vs", "ref"] + (
+        ["vs", "torch"] if HAS_TORCH else []) + ["out=", "GB/s", "/copy"]
     # 4x3x2x2 in nchw for the 5 ops and nhwc for the 3 batch-norm ops (the siblings are C-ordered only),
     # 8x5 once as "nc" for each of the 5 ops.
     assert out.count("4x3x2x2 ") == 8 and out.count("8x5 ") == 5
@@ -128,7 +127,8 @@ def test_json_has_results_and_machine_info(tmp_path, capsys):
     assert len(report["results"]) == 2 * 3
     result = report["results"][0]
     assert result["op"] == "train" and result["shape"] == [4, 3, 2, 2] and result["threads"] == 1
-    assert set(result["seconds"]) == {"bnext", "reference", "copy"} | ({"torch"} if HAS_TORCH else set())
+    assert set(result["seconds"]) == {"bnext", "bnext-out", "reference", "copy"} | (
+        {"torch"} if HAS_TORCH else set())
     assert all(value > 0 for value in result["seconds"].values())
     assert result["bytes_moved"] == 2 * 48 * 4
     assert result["gb_per_s"] > 0 and result["speedup_vs_reference"] > 0 and result["copy_ratio"] > 0

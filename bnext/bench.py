@@ -4,10 +4,13 @@ For every case (op x shape x dtype x layout x threads) it times bnext, the NumPy
 (`bnext.reference`), PyTorch's CPU kernels when torch is importable, and a copy of an array of x's
 size, all in this one process, then prints a table per op:
 
-- ``bnext``: median time of one call; ``GB/s``: the bytes the op must move (x read and y written;
-  backward also reads dy) divided by that time.
-- ``vs ref`` / ``vs torch``: how many times faster bnext is (their time / bnext's time).
-- ``/copy``: bnext's time / the copy's time, where 1.0 is the memory roofline. The copy is
+- ``bnext``: median time of one call as users make it (y/dx allocated by the call).
+- ``vs ref`` / ``vs torch``: how many times faster bnext is (their time / bnext's time; they allocate
+  their outputs too).
+- ``out=``: the same call given a preallocated output: the kernels' time without the page faults of a
+  fresh y/dx (a few ms for arrays over glibc's 32 MB mmap threshold, which are mapped anew every call).
+  ``GB/s``: the bytes the op must move (x read and y written; backward also reads dy) / that time.
+- ``/copy``: the ``out=`` time / the copy's time, where 1.0 is the memory roofline. The copy is
   ``np.copyto`` into a preallocated array; at more than one thread it is the faster of that and the
   same copy cut into slabs on that many Python threads (NumPy itself copies on one thread).
 
@@ -93,7 +96,7 @@ class Result:
 
     @property
     def gb_per_s(self) -> float:
-        return self.case.bytes_moved / self.seconds["bnext"] / 1e9
+        return self.case.bytes_moved / self.seconds["bnext-out"] / 1e9
 
     @property
     def speedup_vs_reference(self) -> float | None:
@@ -105,7 +108,7 @@ class Result:
 
     @property
     def copy_ratio(self) -> float | None:
-        return self.ratio("bnext", "copy")
+        return self.ratio("bnext-out", "copy")
 
     def to_json(self) -> dict[str, Any]:
         case = self.case
@@ -149,7 +152,7 @@ class Progress:
             self.stream.flush()
 
 
-def run_cases(cases: Sequence[Case], *, repeat: int, with_torch: bool, preallocate_out: bool = False,
+def run_cases(cases: Sequence[Case], *, repeat: int, with_torch: bool,
               progress: Progress | None = None) -> list[Result]:
     """Time every implementation of every case; return a list of `Result` in the order of ``cases``."""
     with_backward = any(case.op == "backward" for case in cases)
@@ -162,7 +165,7 @@ def run_cases(cases: Sequence[Case], *, repeat: int, with_torch: bool, prealloca
             inputs = {}  # free the previous arrays before building the next ones
             inputs, inputs_key = make_inputs(case, with_backward=with_backward), case.data_key
         result = Result(case)
-        impls = ["bnext", "reference"] + (["torch"] if with_torch else []) + ["copy"]
+        impls = ["bnext", "bnext-out", "reference"] + (["torch"] if with_torch else []) + ["copy"]
         if case.threads > 1:
             impls.append("copy-threaded")
         with thread_count(case.threads):
@@ -172,7 +175,7 @@ def run_cases(cases: Sequence[Case], *, repeat: int, with_torch: bool, prealloca
                 if impl == "reference" and (case.op, case.data_key) in reference_seconds:
                     result.seconds[impl] = reference_seconds[case.op, case.data_key]
                     continue
-                call = make_call(impl, case, inputs, preallocate_out=preallocate_out)
+                call = make_call(impl, case, inputs)
                 result.seconds[impl] = measure(call, repeat)
                 if impl == "reference":
                     reference_seconds[case.op, case.data_key] = result.seconds[impl]
@@ -201,24 +204,23 @@ def geometric_mean(values: Iterable[float | None]) -> float | None:
 
 def format_table(op: str, results: Sequence[Result], with_torch: bool) -> str:
     """The table of one op as a string; a last row gives the geometric means of the ratio columns."""
-    columns = ["shape", "layout", "dtype", "threads", "bnext", "GB/s", "vs ref"]
+    columns = ["shape", "layout", "dtype", "threads", "bnext", "vs ref"]
     columns += ["vs torch"] if with_torch else []
-    columns += ["/copy"]
+    columns += ["out=", "GB/s", "/copy"]
     rows = []
     for result in results:
         case = result.case
         row = [format_shape(case.shape), case.layout, case.dtype, str(case.threads),
-               format_seconds(result.seconds["bnext"]), f"{result.gb_per_s:.1f}",
-               f"{result.speedup_vs_reference:.1f}x"]
+               format_seconds(result.seconds["bnext"]), f"{result.speedup_vs_reference:.1f}x"]
         if with_torch:
             row.append(f"{result.speedup_vs_torch:.2f}x")
-        row.append(f"{result.copy_ratio:.2f}")
+        row += [format_seconds(result.seconds["bnext-out"]), f"{result.gb_per_s:.1f}", f"{result.copy_ratio:.2f}"]
         rows.append(row)
-    summary = ["geometric mean", "", "", "", "", "",
+    summary = ["geometric mean", "", "", "", "",
                f"{geometric_mean(r.speedup_vs_reference for r in results):.1f}x"]
     if with_torch:
         summary.append(f"{geometric_mean(r.speedup_vs_torch for r in results):.2f}x")
-    summary.append(f"{geometric_mean(r.copy_ratio for r in results):.2f}")
+    summary += ["", "", f"{geometric_mean(r.copy_ratio for r in results):.2f}"]
     widths = [max(len(row[i]) for row in [columns] + rows + [summary]) for i in range(len(columns))]
     left_aligned = {"shape", "layout", "dtype"}
 
@@ -371,9 +373,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         help="comma-separated ops (default: all)")
     parser.add_argument("--repeat", type=_positive_int, default=5, metavar="N",
                         help="timed runs per measurement, the median is reported (default: 5)")
-    parser.add_argument("--out", action="store_true",
-                        help="pass a preallocated out= to bnext (time the kernel without allocating "
-                             "y/dx; torch and the reference still allocate)")
     parser.add_argument("--json", metavar="FILE", help="also write results and machine info as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart of speedups (needs matplotlib)")
     return parser
@@ -388,7 +387,6 @@ def resolve_settings(args: argparse.Namespace) -> dict[str, Any]:
         "layouts": args.layout or list(LAYOUTS),
         "threads": args.threads or sorted({1, bnext.get_num_threads()}),
         "repeat": args.repeat,
-        "preallocated_out": args.out,
     }
 
 
@@ -411,11 +409,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     print(describe_machine(info))
     cases = make_cases(ops, shapes, dtypes, layouts, threads)
     results = run_cases(cases, repeat=args.repeat, with_torch=with_torch,
-                        preallocate_out=args.out, progress=Progress(len(cases)))
+                        progress=Progress(len(cases)))
 
     note = (f"median of {args.repeat} runs; vs ref / vs torch = how many times faster bnext is; "
-            f"/copy = bnext time / copy time")
-    print(note + ("; bnext given out=" if args.out else "") + ("" if with_torch else "; torch not installed"))
+            f"out= = bnext given a preallocated output; /copy = out= time / time of a copy into a "
+            f"preallocated array")
+    print(note + ("" if with_torch else "; torch not installed"))
     for op in ops:
         print()
         print(format_table(op, [r for r in results if r.case.op == op], with_torch))

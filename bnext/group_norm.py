@@ -53,12 +53,15 @@ def _forward(x: Any, num_groups: Any, weight: Any, bias: Any, eps: Any, out: Any
         return target.finish(), mean, var, invstd
     x_c = np.ascontiguousarray(x)
     n_threads = get_num_threads()
-    if var is not None:
-        kernels.batch_stats(x_c.reshape(1, n * num_groups, per_group * spatial), mean.reshape(-1),
-                            var.reshape(-1), n_threads)
-        invstd = 1.0 / np.sqrt(var + eps)
     weight = np.ones(n_channels) if weight is None else weight
     bias = np.zeros(n_channels) if bias is None else bias
+    if var is not None:
+        # Batch statistics: one fused pass per (sample, group) row.
+        rows = (n * num_groups, per_group * spatial)
+        family_kernels.group_norm_forward(x_c.reshape(rows), spatial, weight, bias, float(eps),
+                                          mean.reshape(-1), var.reshape(-1), invstd.reshape(-1),
+                                          target.target.reshape(rows), n_threads)
+        return target.finish(), mean, var, invstd
     row_mean = np.repeat(mean, per_group, axis=1).reshape(-1)
     scale = (np.repeat(invstd, per_group, axis=1) * weight).reshape(-1)
     shift = np.broadcast_to(bias, (n, n_channels)).reshape(-1)
