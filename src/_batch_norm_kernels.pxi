@@ -451,15 +451,44 @@ cdef void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, floating
     if packed_rows(C, so, sc) and packed_rows(C, yo, yc):
         packed_affine(x, y, n_rows * C, C, hi, lo, scale, shift)
         return
+    if sc == 1 and yc == 1:
+        lane_affine(x, so, y, yo, n_rows, C, hi, lo, scale, shift)
+        return
     for r in range(n_rows):
         xr = x + r * so
         yr = y + r * yo
-        if sc == 1 and yc == 1:
-            for c in range(C):
-                yr[c] = ((xr[c] - hi[c]) - lo[c]) * scale[c] + shift[c]
-        else:
-            for c in range(C):
-                yr[c * yc] = ((xr[c * sc] - hi[c]) - lo[c]) * scale[c] + shift[c]
+        for c in range(C):
+            yr[c * yc] = ((xr[c * sc] - hi[c]) - lo[c]) * scale[c] + shift[c]
+
+
+cdef void lane_affine(const floating* x, Py_ssize_t so, floating* y, Py_ssize_t yo, Py_ssize_t n_rows,
+                      Py_ssize_t width, const floating* hi, const floating* lo, const floating* scale,
+                      const floating* shift) noexcept nogil:
+    """y[r, k] = ((x[r, k] - hi[k]) - lo[k]) * scale[k] + shift[k] over rows of contiguous lanes.
+
+    The coefficients are copied to local arrays, LANE_CHUNK lanes at a time: y cannot alias them, so the
+    compiler vectorizes the loop over lanes without reloading them after every store.
+    """
+    cdef floating h[LANE_CHUNK]
+    cdef floating l[LANE_CHUNK]
+    cdef floating a[LANE_CHUNK]
+    cdef floating b[LANE_CHUNK]
+    cdef const floating* xr
+    cdef floating* yr
+    cdef Py_ssize_t k0 = 0, n, r, k
+    while k0 < width:
+        n = min(LANE_CHUNK, width - k0)
+        for k in range(n):
+            h[k] = hi[k0 + k]
+            l[k] = lo[k0 + k]
+            a[k] = scale[k0 + k]
+            b[k] = shift[k0 + k]
+        for r in range(n_rows):
+            xr = x + r * so + k0
+            yr = y + r * yo + k0
+            for k in range(n):
+                yr[k] = ((xr[k] - h[k]) - l[k]) * a[k] + b[k]
+        k0 += n
 
 
 cdef void tile(const floating* per_channel, Py_ssize_t C, Py_ssize_t width, floating* lanes) noexcept nogil:
