@@ -21,3 +21,6 @@ def row_input_gradient(dy: _Floats, x: _Floats, mean: NDArray[np.float64], invst
 def layer_norm_forward(x: _Floats, weight: NDArray[np.float64], bias: NDArray[np.float64], eps: float,
                        mean_out: NDArray[np.float64], var_out: NDArray[np.float64],
                        invstd_out: NDArray[np.float64], y_out: _Floats, n_threads: int) -> None: ...
+def group_norm_forward(x: _Floats, spatial: int, weight: NDArray[np.float64], bias: NDArray[np.float64],
+                       eps: float, mean_out: NDArray[np.float64], var_out: NDArray[np.float64],
+                       invstd_out: NDArray[np.float64], y_out: _Floats, n_threads: int) -> None: ...

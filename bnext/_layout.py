@@ -28,6 +28,18 @@ def kernel_view(arr: Array, axis: int) -> Array | None:
     return view
 
 
+def stores_channels_last(arr: Array, axis: int) -> bool:
+    """Whether `arr` keeps its channel axis innermost in memory though it is not the last axis.
+
+    That is torch's channels_last memory format (an NCHW array with NHWC strides). Its kernel view would be
+    (N, C, H*W) with a stride of C along the rows; with the channel axis moved last it is a plain
+    (N*H*W, C, 1) view that the channels-last kernels walk in memory order.
+    """
+    if arr.ndim < 3 or axis == arr.ndim - 1 or arr.strides[axis] != arr.itemsize:
+        return False
+    return bool(np.moveaxis(arr, axis, -1).flags.c_contiguous)
+
+
 def readable_view(arr: Array, axis: int) -> Array:
     """The kernel view of an input; strides that cannot be merged are copied to C order first."""
     view = kernel_view(arr, axis)

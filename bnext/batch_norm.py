@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _validation as check
 from ._dispatch import kernels
-from ._layout import Output, readable_view
+from ._layout import Output, readable_view, stores_channels_last
 from ._threads import get_num_threads
 from ._typing import Array, ArrayLike, FloatArray
 
@@ -65,7 +65,21 @@ def _train(x: Any, weight: Any, bias: Any, axis: Any, eps: Any, running_mean: An
     running_var = check.running_buffer("running_var", running_var, n_channels)
     out = check.out_array(out, x)
     m = _check_training_batch(x, axis)
+    if stores_channels_last(x, axis):
+        y, mean, invstd = _train_checked(np.moveaxis(x, axis, -1), weight, bias, x.ndim - 1, eps, running_mean,
+                                         running_var, momentum, _moved(out, axis), m)
+        return (np.moveaxis(y, -1, axis) if out is None else out), mean, invstd
+    return _train_checked(x, weight, bias, axis, eps, running_mean, running_var, momentum, out, m)
 
+
+def _moved(out: Array | None, axis: int) -> Array | None:
+    return None if out is None else np.moveaxis(out, axis, -1)
+
+
+def _train_checked(x: Array, weight: Array | None, bias: Array | None, axis: int, eps: float,
+                   running_mean: Array | None, running_var: Array | None, momentum: float, out: Array | None,
+                   m: int) -> tuple[Array, Array, Array]:
+    n_channels = x.shape[axis]
     target = Output(out, x, axis, [x])
     mean = np.zeros(n_channels)
     var = np.zeros(n_channels)
@@ -161,7 +175,16 @@ def batch_norm_eval(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLik
     bias = check.channel_vector("bias", bias, n_channels)
     eps = check.positive_finite("eps", eps)
     out = check.out_array(out, x)
+    if stores_channels_last(x, axis):
+        y = _eval_checked(np.moveaxis(x, axis, -1), running_mean, running_var, weight, bias, x.ndim - 1, eps,
+                          _moved(out, axis))
+        return np.moveaxis(y, -1, axis) if out is None else out
+    return _eval_checked(x, running_mean, running_var, weight, bias, axis, eps, out)
 
+
+def _eval_checked(x: Array, running_mean: Array, running_var: Array, weight: Array | None, bias: Array | None,
+                  axis: int, eps: float, out: Array | None) -> Array:
+    n_channels = x.shape[axis]
     target = Output(out, x, axis, [x])
     if x.size == 0:
         return target.finish()
@@ -188,7 +211,16 @@ def _backward(dy: Any, x: Any, mean: Any, invstd: Any, weight: Any, axis: Any, o
     weight = check.channel_vector("weight", weight, n_channels)
     out = check.out_array(out, x)
     dy = dy.astype(x.dtype, copy=False)
+    if stores_channels_last(x, axis):
+        dx, dweight, dbias = _backward_checked(np.moveaxis(dy, axis, -1), np.moveaxis(x, axis, -1), mean, invstd,
+                                               weight, x.ndim - 1, _moved(out, axis), batch_stats)
+        return (np.moveaxis(dx, -1, axis) if out is None else out), dweight, dbias
+    return _backward_checked(dy, x, mean, invstd, weight, axis, out, batch_stats)
 
+
+def _backward_checked(dy: Array, x: Array, mean: Array, invstd: Array, weight: Array | None, axis: int,
+                      out: Array | None, batch_stats: bool) -> tuple[Array, Array, Array]:
+    n_channels = x.shape[axis]
     target = Output(out, x, axis, [x, dy])
     sum_dy = np.zeros(n_channels)
     sum_dy_xmu = np.zeros(n_channels)

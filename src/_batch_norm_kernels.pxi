@@ -651,20 +651,50 @@ cdef void minor_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc,
     if packed_rows(C, go, gc) and packed_rows(C, so, sc):
         packed_gradient_sums(dy, x, n_rows * C, C, mean, sum_dy, sum_dy_xmu)
         return
+    if gc == 1 and sc == 1:
+        lane_gradient_sums(dy, go, x, so, n_rows, C, mean, sum_dy, sum_dy_xmu)
+        return
     for c in range(C):
         sum_dy[c] = 0.0
         sum_dy_xmu[c] = 0.0
     for r in range(n_rows):
-        if gc == 1 and sc == 1:  # unit stride: the loop over channels vectorizes
-            for c in range(C):
-                g = dy[r * go + c]
-                sum_dy[c] += g
-                sum_dy_xmu[c] += g * (x[r * so + c] - mean[c])
-        else:
-            for c in range(C):
-                g = dy[r * go + c * gc]
-                sum_dy[c] += g
-                sum_dy_xmu[c] += g * (x[r * so + c * sc] - mean[c])
+        for c in range(C):
+            g = dy[r * go + c * gc]
+            sum_dy[c] += g
+            sum_dy_xmu[c] += g * (x[r * so + c * sc] - mean[c])
+
+
+cdef void lane_gradient_sums(const floating* dy, Py_ssize_t go, const floating* x, Py_ssize_t so,
+                             Py_ssize_t n_rows, Py_ssize_t width, const double* mean, double* sum_dy,
+                             double* sum_dy_xmu) noexcept nogil:
+    """sum_dy[k] = sum over rows of dy, sum_dy_xmu[k] of dy * (x - mean[k]), over rows of contiguous lanes.
+
+    As lane_sums: local accumulators, each lane adding its rows in row order.
+    """
+    cdef double acc_g[LANE_CHUNK]
+    cdef double acc_gx[LANE_CHUNK]
+    cdef double center[LANE_CHUNK]
+    cdef const floating* gr
+    cdef const floating* xr
+    cdef double g
+    cdef Py_ssize_t k0 = 0, n, r, k
+    while k0 < width:
+        n = min(LANE_CHUNK, width - k0)
+        for k in range(n):
+            acc_g[k] = 0.0
+            acc_gx[k] = 0.0
+            center[k] = mean[k0 + k]
+        for r in range(n_rows):
+            gr = dy + r * go + k0
+            xr = x + r * so + k0
+            for k in range(n):
+                g = gr[k]
+                acc_g[k] += g
+                acc_gx[k] += g * (xr[k] - center[k])
+        for k in range(n):
+            sum_dy[k0 + k] = acc_g[k]
+            sum_dy_xmu[k0 + k] = acc_gx[k]
+        k0 += n
 
 
 cdef void packed_gradient_sums(const floating* dy, const floating* x, Py_ssize_t n, Py_ssize_t C,
@@ -764,15 +794,46 @@ cdef void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const float
     if packed_rows(C, go, gc) and packed_rows(C, so, sc) and packed_rows(C, do, dc):
         packed_dx(dy, x, dx, n_rows * C, C, hi, lo, invstd, scale, coef_x_hat, coef_1)
         return
+    if gc == 1 and sc == 1 and dc == 1:
+        lane_dx(dy, go, x, so, dx, do, n_rows, C, hi, lo, invstd, scale, coef_x_hat, coef_1)
+        return
     for r in range(n_rows):
-        if gc == 1 and sc == 1 and dc == 1:
-            for c in range(C):
-                dx[r * do + c] = scale[c] * ((dy[r * go + c] + coef_1[c])
-                                             + coef_x_hat[c] * (((x[r * so + c] - hi[c]) - lo[c]) * invstd[c]))
-        else:
-            for c in range(C):
-                dx[r * do + c * dc] = scale[c] * ((dy[r * go + c * gc] + coef_1[c])
-                                                  + coef_x_hat[c] * (((x[r * so + c * sc] - hi[c]) - lo[c]) * invstd[c]))
+        for c in range(C):
+            dx[r * do + c * dc] = scale[c] * ((dy[r * go + c * gc] + coef_1[c])
+                                              + coef_x_hat[c] * (((x[r * so + c * sc] - hi[c]) - lo[c]) * invstd[c]))
+
+
+cdef void lane_dx(const floating* dy, Py_ssize_t go, const floating* x, Py_ssize_t so, floating* dx,
+                  Py_ssize_t do, Py_ssize_t n_rows, Py_ssize_t width, const floating* hi, const floating* lo,
+                  const floating* invstd, const floating* scale, const floating* coef_x_hat,
+                  const floating* coef_1) noexcept nogil:
+    """minor_dx over rows of contiguous lanes, with the coefficients in local arrays (as lane_affine)."""
+    cdef floating h[LANE_CHUNK]
+    cdef floating l[LANE_CHUNK]
+    cdef floating inv[LANE_CHUNK]
+    cdef floating a[LANE_CHUNK]
+    cdef floating cx[LANE_CHUNK]
+    cdef floating c1[LANE_CHUNK]
+    cdef const floating* gr
+    cdef const floating* xr
+    cdef floating* dr
+    cdef Py_ssize_t k0 = 0, n, r, k
+    while k0 < width:
+        n = min(LANE_CHUNK, width - k0)
+        for k in range(n):
+            h[k] = hi[k0 + k]
+            l[k] = lo[k0 + k]
+            inv[k] = invstd[k0 + k]
+            a[k] = scale[k0 + k]
+            cx[k] = coef_x_hat[k0 + k]
+            c1[k] = coef_1[k0 + k]
+        for r in range(n_rows):
+            gr = dy + r * go + k0
+            xr = x + r * so + k0
+            dr = dx + r * do + k0
+            for k in range(n):
+                dr[k] = a[k] * ((gr[k] + c1[k]) + cx[k] * (((xr[k] - h[k]) - l[k]) * inv[k]))
+        k0 += n
 
 
 cdef void packed_dx(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, Py_ssize_t C,
