@@ -35,8 +35,8 @@ def stores_channels_last(arr: Array, axis: int) -> bool:
     (N, C, H*W) with a stride of C along the rows; with the channel axis moved last it is a plain
     (N*H*W, C, 1) view that the channels-last kernels walk in memory order.
     """
-    if arr.ndim < 3 or axis == arr.ndim - 1 or arr.strides[axis] != arr.itemsize:
-        return False
+    if arr.ndim < 3 or math.prod(arr.shape[axis + 1:]) == 1 or arr.strides[axis] != arr.itemsize:
+        return False  # (the plain view is channels-last already when nothing follows the channel axis)
     return bool(np.moveaxis(arr, axis, -1).flags.c_contiguous)
 
 

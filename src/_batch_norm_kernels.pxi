@@ -125,7 +125,8 @@ cdef inline double ordered_sum(const double* p, Py_ssize_t stride, Py_ssize_t n)
 
 
 cdef enum:
-    # Lanes lane_sums accumulates at once: its accumulators (2 x 16 KiB) stay in L1.
+    # Lanes accumulated or normalized at once: the local arrays (at most 6 x 4 KiB) stay in L1 and on a
+    # small thread stack (musl gives threads 128 KiB).
     LANE_CHUNK = 1024
 
 
@@ -605,9 +606,9 @@ cdef inline void grouped_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssi
 
 
 cdef void short_rows_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x,
-                                          Py_ssize_t so, Py_ssize_t sc, Py_ssize_t n_rows, Py_ssize_t n_channels,
-                                          Py_ssize_t n_inner, Py_ssize_t gi, Py_ssize_t si, const double* mean,
-                                          double* out, Py_ssize_t out_stride) noexcept nogil:
+                                   Py_ssize_t so, Py_ssize_t sc, Py_ssize_t n_rows, Py_ssize_t n_channels,
+                                   Py_ssize_t n_inner, Py_ssize_t gi, Py_ssize_t si, const double* mean,
+                                   double* out, Py_ssize_t out_stride) noexcept nogil:
     """grouped_gradient_sums for rows of at most SHORT_ROW values, with per-position lanes (short_rows_sums)."""
     cdef double lanes_g[SHORT_CHUNK * SHORT_ROW]
     cdef double lanes_gx[SHORT_CHUNK * SHORT_ROW]
@@ -617,22 +618,23 @@ cdef void short_rows_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t
     cdef const floating* x_row
     cdef double g, center
     cdef Py_ssize_t r, c, i
-    for i in range(n_channels * n_inner):
-        lanes_g[i] = 0.0
-        lanes_gx[i] = 0.0
-    for r in range(n_rows):
+    if gi == 1 and si == 1 and gc == n_inner and sc == n_inner:
+        # The chunk's rows are contiguous runs of n_channels * n_inner lanes (as in short_rows_sums).
         for c in range(n_channels):
-            dy_row = dy + r * go + c * gc
-            x_row = x + r * so + c * sc
-            center = mean[c]
-            lane_g = lanes_g + c * n_inner
-            lane_gx = lanes_gx + c * n_inner
-            if gi == 1 and si == 1:
-                for i in range(n_inner):
-                    g = dy_row[i]
-                    lane_g[i] += g
-                    lane_gx[i] += g * (x_row[i] - center)
-            else:
+            for i in range(n_inner):
+                lanes_gx[c * n_inner + i] = mean[c]  # the centers, overwritten by the results
+        lane_gradient_sums(dy, go, x, so, n_rows, n_channels * n_inner, lanes_gx, lanes_g, lanes_gx)
+    else:
+        for i in range(n_channels * n_inner):
+            lanes_g[i] = 0.0
+            lanes_gx[i] = 0.0
+        for r in range(n_rows):
+            for c in range(n_channels):
+                dy_row = dy + r * go + c * gc
+                x_row = x + r * so + c * sc
+                center = mean[c]
+                lane_g = lanes_g + c * n_inner
+                lane_gx = lanes_gx + c * n_inner
                 for i in range(n_inner):
                     g = dy_row[i * gi]
                     lane_g[i] += g
