@@ -39,7 +39,7 @@ LAYOUTS = {
     "axis-2": ((2, 3, 4, 5), -2),
 }
 
-CONTIGUITIES = ("C", "F", "strided", "negstride", "readonly", "broadcast")
+CONTIGUITIES = ("C", "F", "strided", "negstride", "readonly", "broadcast", "channels_innermost")
 
 
 # ----------------------------------------------------------------- registry
@@ -83,14 +83,18 @@ def as_tuple(result):
 
 # ----------------------------------------------------------------- layouts
 
-def make_layout(data, kind):
+def make_layout(data, kind, axis=1):
     """An array with the values of `data` laid out in memory as `kind`.
 
     kind: "C", "F", "strided" (every other element of a larger buffer),
-    "negstride" (negative strides on every axis), "readonly", or "broadcast"
+    "negstride" (negative strides on every axis), "readonly", "broadcast"
     (zero stride on the last axis: the values are those of ``data[..., :1]``
-    repeated, so compute expectations from the returned array).
+    repeated, so compute expectations from the returned array), or
+    "channels_innermost" (C order with `axis` moved last, seen in the original axis order: torch's
+    channels_last memory format for NCHW).
     """
+    if kind == "channels_innermost":
+        return np.moveaxis(np.ascontiguousarray(np.moveaxis(data, axis, -1)), -1, axis)
     if kind == "C":
         return np.ascontiguousarray(data)
     if kind == "F":

@@ -15,7 +15,7 @@ from bn_helpers import (
 OUT_OF = {"batch_norm_train": "x", "batch_norm_eval": "x", "batch_norm_backward": "dy"}
 
 
-@pytest.mark.parametrize("contiguity", ["C", "F", "negstride", "strided"])
+@pytest.mark.parametrize("contiguity", ["C", "F", "negstride", "strided", "channels_innermost"])
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_inputs_are_not_modified(name, contiguity, dtype, rng):
     x = make_layout(random_x((5, 3, 4), 1, dtype, rng), contiguity)
@@ -43,7 +43,7 @@ def test_outputs_are_new_arrays_of_the_input_dtype(name, dtype, rng):
         assert result.shape == (3,)
 
 
-@pytest.mark.parametrize("out_layout", ["C", "F", "negstride", "strided"])
+@pytest.mark.parametrize("out_layout", ["C", "F", "negstride", "strided", "channels_innermost"])
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_out_is_returned_and_filled(name, out_layout, dtype, rng):
     x = random_x((5, 3, 4), 1, dtype, rng)
@@ -56,7 +56,7 @@ def test_out_is_returned_and_filled(name, out_layout, dtype, rng):
     assert_results_close(name, results, expected, params)
 
 
-@pytest.mark.parametrize("contiguity", ["C", "F", "negstride", "strided"])
+@pytest.mark.parametrize("contiguity", ["C", "F", "negstride", "strided", "channels_innermost"])
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_in_place(name, contiguity, dtype, rng):
     """out may be the input itself (x, or dy for backward): statistics are complete before writing."""
@@ -184,3 +184,22 @@ def test_errors_do_not_leak(rng):
             fast(x, weight)
     gc.collect()
     assert (sys.getrefcount(x), sys.getrefcount(weight)) == before
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_channels_innermost_output_keeps_the_memory_format(name, dtype, rng):
+    """Like torch's channels_last: an NCHW array stored NHWC gives an output stored NHWC (new or out=)."""
+    x = make_layout(random_x((4, 6, 3, 5), 1, dtype, rng), "channels_innermost")
+    params = make_params(name, x, 1, rng)
+    if "dy" in params:
+        params["dy"] = make_layout(params["dy"], "channels_innermost")
+    expected = as_tuple(call(fast_and_reference(name)[1], copy_params(params)))
+    fast_params = copy_params(params)  # (copies are C-ordered: keep the inputs themselves)
+    fast_params.update({key: params[key] for key in ("x", "dy") if key in params})
+    results = as_tuple(call(fast_and_reference(name)[0], fast_params))
+    assert np.moveaxis(results[0], 1, -1).flags.c_contiguous
+    assert_results_close(name, results, expected, params)
+    params["out"] = np.full(x.shape, np.nan, dtype)  # a C-ordered out= is filled all the same
+    results = as_tuple(call(fast_and_reference(name)[0], params))
+    assert results[0] is params["out"]
+    assert_results_close(name, results, expected, params)

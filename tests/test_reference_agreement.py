@@ -24,10 +24,10 @@ def run_pair(name, params):
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_matches_reference(name, layout, contiguity, dtype, n_threads, rng):
     shape, axis = LAYOUTS[layout]
-    x = make_layout(random_x(shape, axis, dtype, rng), contiguity)
+    x = make_layout(random_x(shape, axis, dtype, rng), contiguity, axis)
     params = make_params(name, x, axis, rng)
     if "dy" in params:
-        params["dy"] = make_layout(params["dy"], contiguity)
+        params["dy"] = make_layout(params["dy"], contiguity, axis)
     actual, expected, ref_params, old = run_pair(name, params)
     assert_results_close(name, actual, expected, params, what=f"{name} {layout} {contiguity}")
     if name == "batch_norm_train":
