@@ -4,3 +4,5 @@ from ._batch_norm import gradient_sums as gradient_sums
 from ._batch_norm import input_gradient as input_gradient
 from ._batch_norm import normalize as normalize
 from ._batch_norm import build_flags as build_flags
+from ._batch_norm import train_forward as train_forward
+from ._batch_norm import eval_forward as eval_forward

@@ -36,14 +36,6 @@ def _check_training_batch(x: Array, axis: int) -> int:
     return m
 
 
-def _ones_if_none(weight: Array | None, n_channels: int) -> Array:
-    return np.ones(n_channels) if weight is None else weight
-
-
-def _zeros_if_none(bias: Array | None, n_channels: int) -> Array:
-    return np.zeros(n_channels) if bias is None else bias
-
-
 def _update_running(buffer: Array | None, batch_value: Array, momentum: float) -> None:
     if buffer is not None:
         # A float32 buffer may overflow to inf (data near 1e30): the honest value, without a warning.
@@ -86,12 +78,9 @@ def _train_checked(x: Array, weight: Array | None, bias: Array | None, axis: int
     if m == 0 or n_channels == 0:
         # Nothing to normalize: y is empty and the running statistics have seen no batch.
         return target.finish(), mean, 1.0 / np.sqrt(var + eps)
-    x_view = readable_view(x, axis)
-    n_threads = get_num_threads()
-    kernels.batch_stats(x_view, mean, var, n_threads)
-    invstd = 1.0 / np.sqrt(var + eps)
-    kernels.normalize(x_view, mean, invstd * _ones_if_none(weight, n_channels),
-                      _zeros_if_none(bias, n_channels), target.view, n_threads)
+    invstd = np.empty(n_channels)
+    kernels.train_forward(readable_view(x, axis), weight, bias, eps, mean, var, invstd, target.view,
+                          get_num_threads())
     _update_running(running_mean, mean, momentum)
     _update_running(running_var, var * (m / (m - 1)), momentum)
     return target.finish(), mean, invstd
@@ -184,13 +173,11 @@ def batch_norm_eval(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLik
 
 def _eval_checked(x: Array, running_mean: Array, running_var: Array, weight: Array | None, bias: Array | None,
                   axis: int, eps: float, out: Array | None) -> Array:
-    n_channels = x.shape[axis]
     target = Output(out, x, axis, [x])
     if x.size == 0:
         return target.finish()
-    invstd = 1.0 / np.sqrt(running_var + eps)
-    kernels.normalize(readable_view(x, axis), running_mean, invstd * _ones_if_none(weight, n_channels),
-                      _zeros_if_none(bias, n_channels), target.view, get_num_threads())
+    kernels.eval_forward(readable_view(x, axis), running_mean, running_var, weight, bias, eps, target.view,
+                         get_num_threads())
     return target.finish()
 
 

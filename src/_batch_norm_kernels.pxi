@@ -16,6 +16,7 @@ after its statistics, while it is in L2, was measured slower here: it walks NCHW
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_merge, make_plan,
@@ -172,9 +173,10 @@ cdef void split_mean(const double* mean, Py_ssize_t C, floating* hi, floating* l
 
 
 cdef void to_floating(const double* src, Py_ssize_t C, floating* dst) noexcept nogil:
+    # src NULL: zeros.
     cdef Py_ssize_t c
     for c in range(C):
-        dst[c] = <floating>src[c]
+        dst[c] = 0 if src == NULL else <floating>src[c]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -182,6 +184,46 @@ cdef void to_floating(const double* src, Py_ssize_t C, floating* dst) noexcept n
 
 def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var_out, int n_threads):
     """Per-channel mean and biased variance of x, accumulated in double."""
+    stats_into(x, &mean_out[0], &var_out[0], n_threads)
+
+
+def train_forward(const floating[:, :, :] x, const double[::1] weight, const double[::1] bias, double eps,
+                  double[::1] mean_out, double[::1] var_out, double[::1] invstd_out, floating[:, :, :] y_out,
+                  int n_threads):
+    """batch_stats, invstd = 1 / sqrt(var + eps), then normalize with scale = invstd * weight, shift = bias.
+
+    One entry point for the training forward, so a small call pays for one argument conversion and no
+    NumPy arithmetic between the passes. weight and bias may be None (1 and 0).
+    """
+    cdef Py_ssize_t C = x.shape[1], c
+    cdef double* scale = <double*>checked_malloc(C * sizeof(double))
+    try:
+        stats_into(x, &mean_out[0], &var_out[0], n_threads)
+        for c in range(C):
+            invstd_out[c] = 1.0 / sqrt(var_out[c] + eps)
+            scale[c] = invstd_out[c] if weight is None else invstd_out[c] * weight[c]
+        normalize_into(x, &mean_out[0], scale, NULL if bias is None else &bias[0], y_out, n_threads)
+    finally:
+        free(scale)
+
+
+def eval_forward(const floating[:, :, :] x, const double[::1] running_mean, const double[::1] running_var,
+                 const double[::1] weight, const double[::1] bias, double eps, floating[:, :, :] y_out,
+                 int n_threads):
+    """normalize with scale = weight / sqrt(running_var + eps), shift = bias (weight, bias may be None)."""
+    cdef Py_ssize_t C = x.shape[1], c
+    cdef double* scale = <double*>checked_malloc(C * sizeof(double))
+    try:
+        for c in range(C):
+            scale[c] = 1.0 / sqrt(running_var[c] + eps)
+            if weight is not None:
+                scale[c] = scale[c] * weight[c]
+        normalize_into(x, &running_mean[0], scale, NULL if bias is None else &bias[0], y_out, n_threads)
+    finally:
+        free(scale)
+
+
+cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out, int n_threads) except -1:
     cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
     cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
     cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
@@ -214,7 +256,7 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
         finally:
             free(minor_mean)
             free(minor_m2)
-        return
+        return 0
     plan = make_plan(n_outer, n_inner)
     per = plan.per_channel
     parts = <Moments*>checked_malloc(C * per * sizeof(Moments))
@@ -242,6 +284,7 @@ def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var
                 var_out[c] = merged.m2 / merged.count
     finally:
         free(parts)
+    return 0
 
 
 cdef inline void grouped_moments(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t n_channels,
@@ -403,6 +446,12 @@ cdef void minor_merge(double* mean, double* m2, Py_ssize_t c0, Py_ssize_t n_chan
 def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::1] scale,
               const double[::1] shift, floating[:, :, :] y_out, int n_threads):
     """y_out = (x - mean) * scale + shift per channel; y_out may be x itself."""
+    normalize_into(x, &mean[0], &scale[0], &shift[0], y_out, n_threads)
+
+
+cdef int normalize_into(const floating[:, :, :] x, const double* mean, const double* scale, const double* shift,
+                        floating[:, :, :] y_out, int n_threads) except -1:
+    # shift may be NULL: zeros.
     cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
     cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
     cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
@@ -419,9 +468,9 @@ def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::
     cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
     try:
         with nogil:
-            split_mean(&mean[0], C, hi, lo)
-            to_floating(&scale[0], C, scale_f)
-            to_floating(&shift[0], C, shift_f)
+            split_mean(mean, C, hi, lo)
+            to_floating(scale, C, scale_f)
+            to_floating(shift, C, shift_f)
             if channel_minor(C, n_inner):
                 R = minor_rows_per_block(C)
                 n_blocks = (n_outer + R - 1) // R
@@ -441,6 +490,7 @@ def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::
                                min(plan.chunk, n_inner - i0), hi[c], lo[c], scale_f[c], shift_f[c])
     finally:
         free(coef)
+    return 0
 
 
 cdef void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, floating* y, Py_ssize_t yo,
