@@ -10,6 +10,7 @@ AVX-512; bnext._dispatch picks the best one the CPU runs at import time. No -mar
 """
 
 import os
+import shlex
 import sys
 import sysconfig
 import tempfile
@@ -80,6 +81,11 @@ class BuildExtWithOpenMP(build_ext):
     """build_ext that probes OpenMP by compiling a tiny program before building the kernels."""
 
     def _openmp_works(self, compile_flags, link_flags):
+        # compile() already sees CFLAGS and CPPFLAGS (distutils puts them in the compiler command), but
+        # link_executable() runs the bare compiler without the LDFLAGS that the extensions' link gets: add
+        # them, or a libomp found only through LDFLAGS=-L... fails the probe. MSVC builds ignore LDFLAGS.
+        msvc = self.compiler.compiler_type == "msvc"
+        ldflags = [] if msvc else shlex.split(os.environ.get("LDFLAGS", ""))
         with tempfile.TemporaryDirectory() as tmp:
             source = os.path.join(tmp, "probe.c")
             with open(source, "w") as f:
@@ -87,7 +93,7 @@ class BuildExtWithOpenMP(build_ext):
             try:
                 objects = self.compiler.compile([source], output_dir=tmp, extra_postargs=compile_flags)
                 self.compiler.link_executable(
-                    objects, os.path.join(tmp, "probe"), extra_postargs=link_flags
+                    objects, os.path.join(tmp, "probe"), extra_postargs=ldflags + link_flags
                 )
             except Exception:  # any compiler/linker failure means "no OpenMP here"
                 return False
@@ -109,8 +115,9 @@ class BuildExtWithOpenMP(build_ext):
             simd = [] if msvc else SIMD_FLAGS.get(ext.name, [])
             flags = optimise + simd + (compile_flags if use_openmp else [])
             ext.extra_compile_args += flags
-            if not msvc:  # for bnext.show_config(); MSVC's command line would mangle the quotes
-                ext.define_macros.append(("BNEXT_BUILD_FLAGS", '"' + " ".join(flags) + '"'))
+            # For bnext.show_config(), as a C string. The compiler is run from an argument list, not a shell:
+            # on Windows subprocess escapes the quotes by the MS C runtime's rules, which cl.exe undoes.
+            ext.define_macros.append(("BNEXT_BUILD_FLAGS", '"' + " ".join(flags) + '"'))
             ext.extra_link_args += link_flags if use_openmp else []
             ext.define_macros.append(("BNEXT_OPENMP", "1" if use_openmp else "0"))
         super().build_extensions()

@@ -9,10 +9,31 @@ cdef extern from *:
     static int bnext_max_threads(void) { return 1; }
     #endif
 
+    #if defined(__APPLE__) && (defined(__x86_64__) || defined(__i386__))
+    #include <sys/types.h>
+    #include <sys/sysctl.h>
+    /* macOS names each instruction set in sysctl as an int, 1 when the CPU has it and the OS enables it;
+       a name this macOS does not know counts as absent. */
+    static int bnext_sysctl_flag(const char *name) {
+        int value = 0;
+        size_t size = sizeof(value);
+        return sysctlbyname(name, &value, &size, NULL, 0) == 0 && value == 1;
+    }
+    #endif
+
     /* 2: AVX-512 (F, BW, DQ, VL), 1: AVX2 + FMA, 0: neither (or not an x86 CPU / compiler we can ask).
-       libgcc's answer includes the OS check (XGETBV) that the registers are saved on context switches. */
+       Either answer includes the OS's consent to the registers. On macOS, ask the kernel: Apple's
+       toolchain may not provide libgcc's __cpu_model behind __builtin_cpu_supports (an ImportError, as
+       extensions link with -undefined dynamic_lookup), and macOS turns AVX-512 state on only at first
+       use, so an XGETBV check would miss it. Elsewhere libgcc checks XGETBV itself. */
     static int bnext_simd_level(void) {
-    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    #if defined(__APPLE__) && (defined(__x86_64__) || defined(__i386__))
+        if (bnext_sysctl_flag("hw.optional.avx512f") && bnext_sysctl_flag("hw.optional.avx512bw")
+                && bnext_sysctl_flag("hw.optional.avx512dq") && bnext_sysctl_flag("hw.optional.avx512vl"))
+            return 2;
+        if (bnext_sysctl_flag("hw.optional.avx2_0") && bnext_sysctl_flag("hw.optional.fma"))
+            return 1;
+    #elif defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
         __builtin_cpu_init();
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
                 && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))

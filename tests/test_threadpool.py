@@ -7,6 +7,7 @@ them all. What a fresh process sees is tested in subprocesses, so the test run's
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -176,7 +177,17 @@ def bnext_vendors_libgomp():
     return os.path.isdir(libs) and any(name.startswith("libgomp") for name in os.listdir(libs))
 
 
+# Where torch's OpenMP runtime is known to be GCC's libgomp under bnext's soname, libgomp.so.1. On aarch64
+# Linux torch vendors a renamed libgomp-<hash>.so.1 and on Windows it uses Intel's OpenMP beside bnext's
+# MSVC vcomp, so there whether the two share a runtime depends on details of torch's build.
+on_x86_64_linux = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),
+    reason="torch's OpenMP runtime is known to be libgomp.so.1, the one bnext links, only on x86_64 Linux",
+)
+
+
 @needs_openmp
+@on_x86_64_linux
 @pytest.mark.parametrize("order", ["torch-first", "torch-after"])
 def test_torch_set_num_threads_reaches_bnexts_default_only_through_a_shared_runtime(order):
     """torch.set_num_threads moves bnext's default exactly when bnext's OpenMP calls reach torch's libgomp.
