@@ -115,9 +115,8 @@ class BuildExtWithOpenMP(build_ext):
             simd = [] if msvc else SIMD_FLAGS.get(ext.name, [])
             flags = optimise + simd + (compile_flags if use_openmp else [])
             ext.extra_compile_args += flags
-            # For bnext.show_config(), as a C string. The compiler is run from an argument list, not a shell:
-            # on Windows subprocess escapes the quotes by the MS C runtime's rules, which cl.exe undoes.
-            ext.define_macros.append(("BNEXT_BUILD_FLAGS", '"' + " ".join(flags) + '"'))
+            if not msvc:  # for bnext.show_config(); MSVC's command line would mangle the quotes
+                ext.define_macros.append(("BNEXT_BUILD_FLAGS", '"' + " ".join(flags) + '"'))
             ext.extra_link_args += link_flags if use_openmp else []
             ext.define_macros.append(("BNEXT_OPENMP", "1" if use_openmp else "0"))
         super().build_extensions()
