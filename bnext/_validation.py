@@ -30,8 +30,11 @@ def float_array(name: str, value: object) -> Array:
         arr = arr.astype(dtype.newbyteorder("="))  # byte-swapped data: the kernels read native floats
     elif dtype not in KERNEL_DTYPES:
         raise TypeError(f"{name} must be a float32 or float64 array, got {dtype}")
-    if not arr.flags.aligned or any(s % arr.itemsize for s in arr.strides):
-        arr = arr.copy()  # the kernels index in whole elements
+    # The kernels index in whole elements. NumPy's aligned flag already means strides that are multiples
+    # of the dtype's alignment, which is its size on common ABIs: only then is the loop over strides needed.
+    if not arr.flags.aligned or (arr.dtype.alignment != arr.itemsize
+                                 and any(s % arr.itemsize for s in arr.strides)):
+        arr = arr.copy()
     return arr
 
 
@@ -105,6 +108,8 @@ def out_array(out: object, like: Array, name: str = "out") -> Array | None:
 
 
 def real_number(name: str, value: object) -> float:
+    if type(value) is float:  # the common case, without the slower abstract-base-class checks below
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     return float(value)
