@@ -115,8 +115,9 @@ class BuildExtWithOpenMP(build_ext):
             simd = [] if msvc else SIMD_FLAGS.get(ext.name, [])
             flags = optimise + simd + (compile_flags if use_openmp else [])
             ext.extra_compile_args += flags
-            if not msvc:  # for bnext.show_config(); MSVC's command line would mangle the quotes
-                ext.define_macros.append(("BNEXT_BUILD_FLAGS", '"' + " ".join(flags) + '"'))
+            # For bnext.show_config(): the flags as bare tokens, which the C preprocessor turns into a string
+            # (no quotes on the command line, whose escaping differs between compilers and shells).
+            ext.define_macros.append(("BNEXT_BUILD_FLAGS_TOKENS", " ".join(flags)))
             ext.extra_link_args += link_flags if use_openmp else []
             ext.define_macros.append(("BNEXT_OPENMP", "1" if use_openmp else "0"))
         super().build_extensions()

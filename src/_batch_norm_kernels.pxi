@@ -26,7 +26,11 @@ from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_mer
 
 cdef extern from *:
     """
-    #ifndef BNEXT_BUILD_FLAGS
+    #ifdef BNEXT_BUILD_FLAGS_TOKENS
+    #define BNEXT_STRINGIZE(tokens) #tokens
+    #define BNEXT_EXPAND_AND_STRINGIZE(macro) BNEXT_STRINGIZE(macro)
+    #define BNEXT_BUILD_FLAGS BNEXT_EXPAND_AND_STRINGIZE(BNEXT_BUILD_FLAGS_TOKENS)
+    #else
     #define BNEXT_BUILD_FLAGS "unknown"
     #endif
     """
