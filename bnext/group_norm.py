@@ -1,10 +1,11 @@
 """Group normalization: statistics per (sample, group of channels), per-channel affine.
 
-Everything but one elementwise backward pass is batch norm's kernels on free reshapes of C-ordered x of
-shape (N, C, *): the statistics are batch_stats on (1, N * G, C / G * prod(*)) (each (n, g) a "channel"),
-y is normalize on (1, N * C, prod(*)) with per-(n, c) mean, scale = invstd * weight and shift = bias, and the
-backward sums are gradient_sums on that same view. dx needs dy scaled by the channel's weight inside the
-bracket (src/_family_kernels.pxi: row_input_gradient). Instance norm is the case G = C.
+C-ordered x of shape (N, C, *) is seen as rows of (n, g) pairs, C / G * prod(*) contiguous values each. The
+training forward is one fused pass per row (src/_family_kernels.pxi: group_norm_forward). With given
+statistics (instance norm's running ones), y is batch norm's normalize on (1, N * C, prod(*)) with per-(n, c)
+mean, scale = invstd * weight and shift = bias; the backward sums are gradient_sums on that view, and dx
+needs dy scaled by the channel's weight inside the bracket (row_input_gradient). Instance norm is the case
+G = C.
 """
 
 import math

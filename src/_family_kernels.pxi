@@ -1,10 +1,11 @@
 """Kernels of batch norm's siblings (layer, group and instance norm) over 2-D row views (rows, length).
 
-Only what the batch-norm kernels cannot do lives here. Their statistics come from batch_norm's batch_stats
-and gradient_sums on free reshapes ((1, N, D) for layer norm, (1, N * G, C / G * HW) for group norm), and
-the group-norm forward is batch_norm's normalize with per-(n, c) vectors. What is new is an affine indexed
-along the row (layer norm's weight over normalized_shape) and a dx whose dy is scaled per row (group norm's
-per-channel weight, which may be 0, so it cannot be divided out of batch norm's dx formula).
+Only what the batch-norm kernels cannot do lives here: the fused forwards of layer and group norm (each row
+- a sample, or a (sample, group) pair - gets its statistics and is normalized while it is in cache), an
+affine indexed along the row (layer norm's weight over normalized_shape) and a dx whose dy is scaled per
+row (group norm's per-channel weight, which may be 0, so it cannot be divided out of batch norm's dx
+formula). The rest reuses batch_norm's kernels on free reshapes: statistics of very short layer-norm rows,
+gradient sums, and group/instance norm with given statistics (normalize with per-(n, c) vectors).
 
 Every array is a C-ordered 2-D view: row stride free, unit stride along the row (the Python layer copies
 anything else to C order first). Work items depend on the shape only, never on the thread count, and
@@ -106,8 +107,6 @@ cdef inline void column_affine_run(const floating* x, floating* y, Py_ssize_t n,
 # Fused layer-norm forward: each row (a sample) is contiguous, so a thread takes whole rows, computes a row's
 # statistics and normalizes it right away, while it is in L1. Memory passes: read x, write y. For rows of
 # at most 16 values the per-row setup costs more than the pass saves: those use batch_stats + column_affine.
-# (The same fusion for group norm's longer (n, g) rows was measured slower here than batch_stats +
-# normalize, so group norm keeps the two passes.)
 
 cdef inline Moments row_moments(const floating* x, Py_ssize_t length) noexcept nogil:
     """A row's moments: its BlockPlan chunks (as batch_stats cuts a row), Chan-merged in order."""
