@@ -19,10 +19,13 @@ def kernel_view(arr: Array, axis: int) -> Array | None:
     n_channels = shape[axis]
     outer = math.prod(shape[:axis])
     inner = math.prod(shape[axis + 1:])
-    try:
-        view = arr.reshape((outer, n_channels, inner), copy=False)
-    except ValueError:
-        return None
+    if arr.flags.c_contiguous:
+        view = arr.reshape(outer, n_channels, inner)  # always a view (and the cheaper call)
+    else:
+        try:
+            view = arr.reshape((outer, n_channels, inner), copy=False)
+        except ValueError:
+            return None
     if inner == 1 and n_channels == 1:
         view = view.transpose(2, 1, 0)
     return view
