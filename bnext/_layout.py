@@ -20,7 +20,7 @@ def kernel_view(arr: Array, axis: int) -> Array | None:
     outer = math.prod(shape[:axis])
     inner = math.prod(shape[axis + 1:])
     if arr.flags.c_contiguous:
-        view = arr.reshape(outer, n_channels, inner)  # always a view (and the cheaper call)
+        view = arr.reshape((outer, n_channels, inner))  # always a view (and the cheaper call)
     else:
         try:
             view = arr.reshape((outer, n_channels, inner), copy=False)
