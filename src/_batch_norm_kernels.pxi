@@ -17,6 +17,7 @@ after its statistics, while it is in L2, was measured slower here: it walks NCHW
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from _prefetch cimport prefetch_bytes
 from libc.stdlib cimport free, malloc
 
 from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_merge, make_plan,
@@ -158,6 +159,11 @@ cdef void lane_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssiz
             sh[k] = shift[k0 + k]
         for r in range(n_rows):
             row = x + r * so + k0
+            if r + 1 < n_rows:
+                # Rows of a short-row block lie far apart (a whole sample's channels between them): the
+                # hardware prefetcher does not follow runs of a few KiB, so the next one is requested by
+                # hand (measured: statistics of 128x512x7x7 1.4-1.9 ms without, 0.4 ms with).
+                prefetch_bytes(row + so, n * sizeof(floating))
             for k in range(n):
                 d = row[k] - sh[k]
                 acc_d[k] += d
@@ -743,6 +749,9 @@ cdef void lane_gradient_sums(const floating* dy, Py_ssize_t go, const floating* 
         for r in range(n_rows):
             gr = dy + r * go + k0
             xr = x + r * so + k0
+            if r + 1 < n_rows:  # (as in lane_sums)
+                prefetch_bytes(gr + go, n * sizeof(floating))
+                prefetch_bytes(xr + so, n * sizeof(floating))
             for k in range(n):
                 g = gr[k]
                 acc_g[k] += g
