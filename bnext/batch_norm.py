@@ -82,7 +82,8 @@ def _train_checked(x: Array, weight: Array | None, bias: Array | None, axis: int
     kernels.train_forward(readable_view(x, axis), weight, bias, eps, mean, var, invstd, target.view,
                           get_num_threads())
     _update_running(running_mean, mean, momentum)
-    _update_running(running_var, var * (m / (m - 1)), momentum)
+    if running_var is not None:
+        _update_running(running_var, var * (m / (m - 1)), momentum)
     return target.finish(), mean, invstd
 
 
