@@ -17,6 +17,7 @@ after its statistics, while it is in L2, was measured slower here: it walks NCHW
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from _parallel cimport kernel_threads
 from _prefetch cimport prefetch_bytes
 from libc.stdlib cimport free, malloc
 
@@ -245,6 +246,7 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
     cdef double* minor_m2
     cdef Block b
     cdef Py_ssize_t per, item, c, c0, g, j, R, n_blocks, chunk, n_chunks, k, r0
+    n_threads = kernel_threads(x.shape[0] * x.shape[1] * x.shape[2], n_threads)
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -252,12 +254,13 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
         minor_m2 = <double*>checked_malloc(n_blocks * C * sizeof(double))
         try:
             with nogil:
-                for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                for k in prange(n_blocks, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     r0 = k * R
                     minor_block_moments(px + r0 * so, min(R, n_outer - r0), so, C, sc,
                                         minor_mean + k * C, minor_m2 + k * C)
                 for k in prange((C + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK, num_threads=n_threads,
-                                schedule="static"):
+                                schedule="static", use_threads_if=n_threads > 1):
                     minor_merge(minor_mean, minor_m2, k * CHANNEL_CHUNK, min(CHANNEL_CHUNK, C - k * CHANNEL_CHUNK),
                                 C, n_blocks, R, n_outer)
                 for c in range(C):
@@ -273,7 +276,8 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
     try:
         with nogil:
             if plan.rows_per_block == 1:
-                for item in prange(C * per, num_threads=n_threads, schedule="static"):
+                for item in prange(C * per, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     c = item_channel(&plan, C, item)
                     j = item_block(&plan, C, item)
                     b = plan_block(&plan, j)
@@ -282,13 +286,15 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
             else:
                 chunk = channel_chunk(n_inner)
                 n_chunks = (C + chunk - 1) // chunk
-                for item in prange(per * n_chunks, num_threads=n_threads, schedule="static"):
+                for item in prange(per * n_chunks, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     g = item // n_chunks
                     c0 = (item % n_chunks) * chunk
                     b = plan_block(&plan, g)
                     grouped_moments(px + c0 * sc + b.row_start * so, b.n_rows, so, min(chunk, C - c0),
                                     sc, n_inner, si, parts + c0 * per + g, per)
-            for c in prange(C, num_threads=n_threads, schedule="static"):
+            for c in prange(C, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                 merged = merge_blocks(parts + c * per, per)
                 mean_out[c] = merged.mean
                 var_out[c] = merged.m2 / merged.count
@@ -476,6 +482,7 @@ cdef int normalize_into(const floating[:, :, :] x, const double* mean, const dou
     cdef floating* shift_f = coef + 3 * C
     cdef BlockPlan plan
     cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
+    n_threads = kernel_threads(x.shape[0] * x.shape[1] * x.shape[2], n_threads)
     try:
         with nogil:
             split_mean(mean, C, hi, lo)
@@ -484,14 +491,16 @@ cdef int normalize_into(const floating[:, :, :] x, const double* mean, const dou
             if channel_minor(C, n_inner):
                 R = minor_rows_per_block(C)
                 n_blocks = (n_outer + R - 1) // R
-                for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                for k in prange(n_blocks, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     r0 = k * R
                     minor_affine(px + r0 * so, so, sc, py + r0 * yo, yo, yc, min(R, n_outer - r0), C,
                                  hi, lo, scale_f, shift_f)
             else:
                 # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
-                for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static"):
+                for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     k = item % plan.chunks_per_row
                     c = (item // plan.chunks_per_row) % C
                     n = item // (plan.chunks_per_row * C)
@@ -596,17 +605,20 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
     cdef Block b
     cdef double* parts
     cdef Py_ssize_t per, item, c, c0, g, j, r, R, n_blocks, chunk, n_chunks, k, r0
+    n_threads = kernel_threads(x.shape[0] * x.shape[1] * x.shape[2], n_threads)
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
         parts = <double*>checked_malloc(2 * n_blocks * C * sizeof(double))
         try:
             with nogil:
-                for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                for k in prange(n_blocks, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     r0 = k * R
                     minor_gradient_sums(pg + r0 * go, go, gc, px + r0 * so, so, sc, min(R, n_outer - r0), C,
                                         &mean[0], parts + 2 * k * C, parts + (2 * k + 1) * C)
-                for c in prange(C, num_threads=n_threads, schedule="static"):
+                for c in prange(C, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     sum_dy_out[c] = ordered_sum(parts + c, 2 * C, n_blocks)
                     sum_dy_xmu_out[c] = ordered_sum(parts + C + c, 2 * C, n_blocks)
         finally:
@@ -619,7 +631,8 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
     try:
         with nogil:
             if plan.rows_per_block == 1:
-                for item in prange(C * per, num_threads=n_threads, schedule="static"):
+                for item in prange(C * per, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     c = item_channel(&plan, C, item)
                     j = item_block(&plan, C, item)
                     b = plan_block(&plan, j)
@@ -631,7 +644,8 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
             else:
                 chunk = channel_chunk(n_inner)
                 n_chunks = (C + chunk - 1) // chunk
-                for item in prange(per * n_chunks, num_threads=n_threads, schedule="static"):
+                for item in prange(per * n_chunks, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     g = item // n_chunks
                     c0 = (item % n_chunks) * chunk
                     b = plan_block(&plan, g)
@@ -639,7 +653,8 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
                                           px + c0 * sc + b.row_start * so, so, sc, b.n_rows,
                                           min(chunk, C - c0), n_inner, gi, si, &mean[c0],
                                           parts + 2 * (c0 * per + g), 2 * per)
-            for c in prange(C, num_threads=n_threads, schedule="static"):
+            for c in prange(C, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                 sum_dy_out[c] = ordered_sum(parts + 2 * c * per, 2, per)
                 sum_dy_xmu_out[c] = ordered_sum(parts + 2 * c * per + 1, 2, per)
     finally:
@@ -821,6 +836,7 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
     cdef floating* coef_1_f = coef + 5 * C
     cdef BlockPlan plan
     cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
+    n_threads = kernel_threads(x.shape[0] * x.shape[1] * x.shape[2], n_threads)
     try:
         with nogil:
             split_mean(&mean[0], C, hi, lo)
@@ -831,14 +847,16 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
             if channel_minor(C, n_inner):
                 R = minor_rows_per_block(C)
                 n_blocks = (n_outer + R - 1) // R
-                for k in prange(n_blocks, num_threads=n_threads, schedule="static"):
+                for k in prange(n_blocks, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     r0 = k * R
                     minor_dx(pg + r0 * go, go, gc, px + r0 * so, so, sc, pd + r0 * do, do, dc,
                              min(R, n_outer - r0), C, hi, lo, invstd_f, scale_f, coef_x_hat_f, coef_1_f)
             else:
                 # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
-                for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static"):
+                for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static",
+                                use_threads_if=n_threads > 1):
                     k = item % plan.chunks_per_row
                     c = (item // plan.chunks_per_row) % C
                     n = item // (plan.chunks_per_row * C)

@@ -16,9 +16,10 @@ PATHS = {
     "medium-rows": ((40, 70, 300), 1),
     # inner >= 4096: rows cut into equal chunks.
     "long-rows": ((3, 5, 9001), 1),
-    # channels-last, C > 1: channel-minor blocks of >= 64 rows, merged 64 channels at a time (130 = 2*64 + 2).
+    # channels-last, C > 1: channel-minor blocks of >= 256 rows, merged 64 channels at a time (130 = 2*64 + 2).
     "channels-last": ((300, 130), 1),
-    "channels-last-few": ((1000, 3), -1),
+    # few channels: packed tiles, blocks of 5461 rows (16384 // 3), here three of them.
+    "channels-last-few": ((12000, 3), -1),
     # one channel, inner == 1: turned into one long run.
     "one-channel": ((9000, 1), 1),
     # a channel axis in the middle of a 5-D array.

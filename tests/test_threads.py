@@ -9,13 +9,15 @@ import bnext
 from bn_helpers import KERNEL_NAMES, as_tuple, bitwise_equal, call, copy_params, make_params, random_x
 
 # Shapes that exercise the parallel paths: many channels, few channels with a long batch,
-# channels-last, and a spatial NCHW batch.
+# channels-last, and a spatial NCHW batch. Each has at least PARALLEL_MIN_VALUES (src/_parallel.pxd) values:
+# smaller inputs run on the calling thread whatever the thread count.
+PARALLEL_MIN_VALUES = 32768
 SHAPES = {
-    "many-channels": ((16, 700), 1),
+    "many-channels": ((48, 700), 1),
     "few-channels-long-batch": ((40000, 3), 1),
-    "channels-last": ((16, 8, 8, 5), -1),
+    "channels-last": ((32, 16, 16, 5), -1),
     "NCHW": ((32, 3, 20, 20), 1),
-    "NCHW-short-rows": ((20, 21, 7, 7), 1),
+    "NCHW-short-rows": ((40, 21, 7, 7), 1),
     "NCHW-long-rows": ((3, 2, 9000), 1),
     "one-channel": ((50000, 1), 1),
 }
@@ -41,6 +43,7 @@ def run_with_threads(name, params, n_threads):
 @pytest.mark.parametrize("name", KERNEL_NAMES)
 def test_bitwise_identical_for_1_2_3_threads(name, shape, dtype, rng, restore_threads):
     x = random_x(*SHAPES[shape], dtype, rng, offset=100.0)
+    assert x.size >= PARALLEL_MIN_VALUES  # else every thread count runs the same single-threaded code
     params = make_params(name, x, SHAPES[shape][1], rng)
     serial = run_with_threads(name, params, 1)
     for n_threads in (2, 3):
