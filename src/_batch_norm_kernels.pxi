@@ -134,7 +134,7 @@ cdef inline double ordered_sum(const double* p, Py_ssize_t stride, Py_ssize_t n)
 cdef enum:
     # Lanes accumulated or normalized at once: the local arrays (at most 6 x 4 KiB) stay in L1 and on a
     # small thread stack (musl gives threads 128 KiB).
-    LANE_CHUNK = 1024
+    LANE_CHUNK = 512
 
 
 cdef void lane_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssize_t width,
@@ -246,7 +246,7 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
     cdef double* minor_m2
     cdef Block b
     cdef Py_ssize_t per, item, c, c0, g, j, R, n_blocks, chunk, n_chunks, k, r0
-    n_threads = kernel_threads(x.shape[0] * x.shape[1] * x.shape[2], n_threads)
+    n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -277,7 +277,7 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
         with nogil:
             if plan.rows_per_block == 1:
                 for item in prange(C * per, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                                   use_threads_if=n_threads > 1):
                     c = item_channel(&plan, C, item)
                     j = item_block(&plan, C, item)
                     b = plan_block(&plan, j)
@@ -287,14 +287,14 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
                 chunk = channel_chunk(n_inner)
                 n_chunks = (C + chunk - 1) // chunk
                 for item in prange(per * n_chunks, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                                   use_threads_if=n_threads > 1):
                     g = item // n_chunks
                     c0 = (item % n_chunks) * chunk
                     b = plan_block(&plan, g)
                     grouped_moments(px + c0 * sc + b.row_start * so, b.n_rows, so, min(chunk, C - c0),
                                     sc, n_inner, si, parts + c0 * per + g, per)
             for c in prange(C, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                            use_threads_if=n_threads > 1):
                 merged = merge_blocks(parts + c * per, per)
                 mean_out[c] = merged.mean
                 var_out[c] = merged.m2 / merged.count
@@ -482,7 +482,7 @@ cdef int normalize_into(const floating[:, :, :] x, const double* mean, const dou
     cdef floating* shift_f = coef + 3 * C
     cdef BlockPlan plan
     cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
-    n_threads = kernel_threads(x.shape[0] * x.shape[1] * x.shape[2], n_threads)
+    n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     try:
         with nogil:
             split_mean(mean, C, hi, lo)
@@ -500,7 +500,7 @@ cdef int normalize_into(const floating[:, :, :] x, const double* mean, const dou
                 # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
                 for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                                   use_threads_if=n_threads > 1):
                     k = item % plan.chunks_per_row
                     c = (item // plan.chunks_per_row) % C
                     n = item // (plan.chunks_per_row * C)
@@ -605,7 +605,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
     cdef Block b
     cdef double* parts
     cdef Py_ssize_t per, item, c, c0, g, j, r, R, n_blocks, chunk, n_chunks, k, r0
-    n_threads = kernel_threads(x.shape[0] * x.shape[1] * x.shape[2], n_threads)
+    n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
@@ -632,7 +632,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
         with nogil:
             if plan.rows_per_block == 1:
                 for item in prange(C * per, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                                   use_threads_if=n_threads > 1):
                     c = item_channel(&plan, C, item)
                     j = item_block(&plan, C, item)
                     b = plan_block(&plan, j)
@@ -645,7 +645,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
                 chunk = channel_chunk(n_inner)
                 n_chunks = (C + chunk - 1) // chunk
                 for item in prange(per * n_chunks, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                                   use_threads_if=n_threads > 1):
                     g = item // n_chunks
                     c0 = (item % n_chunks) * chunk
                     b = plan_block(&plan, g)
@@ -654,7 +654,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
                                           min(chunk, C - c0), n_inner, gi, si, &mean[c0],
                                           parts + 2 * (c0 * per + g), 2 * per)
             for c in prange(C, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                            use_threads_if=n_threads > 1):
                 sum_dy_out[c] = ordered_sum(parts + 2 * c * per, 2, per)
                 sum_dy_xmu_out[c] = ordered_sum(parts + 2 * c * per + 1, 2, per)
     finally:
@@ -836,7 +836,7 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
     cdef floating* coef_1_f = coef + 5 * C
     cdef BlockPlan plan
     cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
-    n_threads = kernel_threads(x.shape[0] * x.shape[1] * x.shape[2], n_threads)
+    n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     try:
         with nogil:
             split_mean(&mean[0], C, hi, lo)
@@ -856,7 +856,7 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
                 # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
                 for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                                   use_threads_if=n_threads > 1):
                     k = item % plan.chunks_per_row
                     c = (item // plan.chunks_per_row) % C
                     n = item // (plan.chunks_per_row * C)

@@ -76,14 +76,14 @@ def column_affine(const floating[:, ::1] x, const double[::1] mean, const double
     cdef floating* bias_f = vectors + length
     cdef RowItems it = row_items(n_rows, length)
     cdef Py_ssize_t item, r, r0, r1, i0, n, i
-    n_threads = kernel_threads(x.shape[0] * x.shape[1], n_threads)
+    n_threads = kernel_threads(n_rows * length, n_threads)
     try:
         with nogil:
             for i in range(length):
                 weight_f[i] = <floating>weight[i]
                 bias_f[i] = <floating>bias[i]
             for item in prange(it.n_items, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                               use_threads_if=n_threads > 1):
                 r0 = (item // it.chunks_per_row) * it.rows_per_item
                 r1 = min(r0 + it.rows_per_item, n_rows)
                 i0 = (item % it.chunks_per_row) * it.chunk
@@ -148,14 +148,14 @@ def layer_norm_forward(const floating[:, ::1] x, const double[::1] weight, const
     cdef floating* bias_f = vectors + length
     cdef Py_ssize_t r, i
     cdef double invstd
-    n_threads = kernel_threads(x.shape[0] * x.shape[1], n_threads)
+    n_threads = kernel_threads(n_rows * length, n_threads)
     try:
         with nogil:
             for i in range(length):
                 weight_f[i] = <floating>weight[i]
                 bias_f[i] = <floating>bias[i]
             for r in prange(n_rows, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                            use_threads_if=n_threads > 1):
                 invstd = store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r],
                                          &invstd_out[r])
                 if r + 1 < n_rows:
@@ -185,13 +185,13 @@ def group_norm_forward(const floating[:, ::1] x, Py_ssize_t spatial, const doubl
     cdef floating* bias_f = <floating*>family_malloc(n_channels * sizeof(floating))
     cdef Py_ssize_t r, c, first
     cdef double invstd
-    n_threads = kernel_threads(x.shape[0] * x.shape[1], n_threads)
+    n_threads = kernel_threads(n_rows * length, n_threads)
     try:
         with nogil:
             for c in range(n_channels):
                 bias_f[c] = <floating>bias[c]
             for r in prange(n_rows, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                            use_threads_if=n_threads > 1):
                 invstd = store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r],
                                          &invstd_out[r])
                 if r + 1 < n_rows:
@@ -256,18 +256,18 @@ def layer_norm_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, con
     cdef double* parts = <double*>family_malloc(2 * n_blocks * length * sizeof(double))
     cdef floating* weight_f = <floating*>family_malloc(length * sizeof(floating))
     cdef Py_ssize_t k, i
-    n_threads = kernel_threads(x.shape[0] * x.shape[1], n_threads)
+    n_threads = kernel_threads(n_rows * length, n_threads)
     try:
         with nogil:
             for i in range(length):
                 weight_f[i] = <floating>weight[i]
             for k in prange(n_blocks, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                            use_threads_if=n_threads > 1):
                 layer_norm_gradient_block(pg, gs, px, xs, pd, ds, k * R, min(R, n_rows - k * R), length,
                                           &mean[0], &invstd[0], &weight[0], weight_f,
                                           parts + 2 * k * length, parts + (2 * k + 1) * length)
             for i in prange(length, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                            use_threads_if=n_threads > 1):
                 dbias_out[i] = 0.0
                 dweight_out[i] = 0.0
                 for k in range(n_blocks):
@@ -360,10 +360,10 @@ def row_input_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, cons
     cdef floating* pd = &dx_out[0, 0]
     cdef RowItems it = row_items(n_rows, length)
     cdef Py_ssize_t item, r, r0, r1, i0, n
-    n_threads = kernel_threads(x.shape[0] * x.shape[1], n_threads)
+    n_threads = kernel_threads(n_rows * length, n_threads)
     with nogil:
         for item in prange(it.n_items, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                           use_threads_if=n_threads > 1):
             r0 = (item // it.chunks_per_row) * it.rows_per_item
             r1 = min(r0 + it.rows_per_item, n_rows)
             i0 = (item % it.chunks_per_row) * it.chunk
