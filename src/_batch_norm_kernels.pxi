@@ -17,6 +17,7 @@ after its statistics, while it is in L2, was measured slower here: it walks NCHW
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from _affine cimport affine_run, split_mean_value
 from _parallel cimport kernel_threads
 from _prefetch cimport prefetch_bytes
 from libc.stdlib cimport free, malloc
@@ -94,20 +95,7 @@ cdef void* checked_malloc(size_t n_bytes) except NULL:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Elementwise runs shared by both traversals.
-
-cdef inline void affine_run(const floating* x, Py_ssize_t xs, floating* y, Py_ssize_t ys, Py_ssize_t n,
-                            floating hi, floating lo, floating scale, floating shift) noexcept nogil:
-    # (x - hi) - lo subtracts the double mean split into two floatings: x - hi is exact when x is near the
-    # mean, so |mean| >> std loses nothing (x * a + b would cancel catastrophically).
-    cdef Py_ssize_t i
-    if xs == 1 and ys == 1:
-        for i in range(n):
-            y[i] = ((x[i] - hi) - lo) * scale + shift
-    else:
-        for i in range(n):
-            y[i * ys] = ((x[i * xs] - hi) - lo) * scale + shift
-
+# Elementwise runs shared by both traversals (and affine_run, from _affine.pxd).
 
 cdef inline void dx_run(const floating* dy, Py_ssize_t dys, const floating* x, Py_ssize_t xs,
                         floating* dx, Py_ssize_t dxs, Py_ssize_t n, floating hi, floating lo, floating invstd,
@@ -176,11 +164,9 @@ cdef void lane_sums(const floating* x, Py_ssize_t n_rows, Py_ssize_t so, Py_ssiz
 
 
 cdef void split_mean(const double* mean, Py_ssize_t C, floating* hi, floating* lo) noexcept nogil:
-    # hi + lo == mean to about 2**-48 relative in float32; in float64 lo is exactly 0.
     cdef Py_ssize_t c
     for c in range(C):
-        hi[c] = <floating>mean[c]
-        lo[c] = <floating>(mean[c] - <double>hi[c])
+        split_mean_value(mean[c], &hi[c], &lo[c])
 
 
 cdef void to_floating(const double* src, Py_ssize_t C, floating* dst) noexcept nogil:

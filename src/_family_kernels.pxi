@@ -19,6 +19,7 @@ from libc.stdlib cimport free, malloc
 
 from _moments cimport (BLOCK, HALF_LANES, LANES, Block, BlockPlan, Moments, block_moments, chan_merge,
                        fold_lanes, make_plan, plan_block)
+from _affine cimport affine_run, split_mean_value
 from _parallel cimport kernel_threads
 from _prefetch cimport prefetch_bytes
 
@@ -52,12 +53,6 @@ cdef inline RowItems row_items(Py_ssize_t n_rows, Py_ssize_t length) noexcept no
         it.chunk = length
         it.n_items = (n_rows + it.rows_per_item - 1) // it.rows_per_item
     return it
-
-
-cdef inline void split_row_mean(double mean, floating* hi, floating* lo) noexcept nogil:
-    # hi + lo == mean to about 2**-48 relative in float32 (x - hi is exact near the mean); lo == 0 in float64.
-    hi[0] = <floating>mean
-    lo[0] = <floating>(mean - <double>hi[0])
 
 
 # Layer-norm affine with given row statistics (used for rows too short for the fused kernel, whose
@@ -101,7 +96,7 @@ cdef inline void column_affine_run(const floating* x, floating* y, Py_ssize_t n,
                                    const floating* weight, const floating* bias) noexcept nogil:
     cdef floating hi, lo
     cdef Py_ssize_t i
-    split_row_mean(mean, &hi, &lo)
+    split_mean_value(mean, &hi, &lo)
     for i in range(n):
         y[i] = (((x[i] - hi) - lo) * invstd) * weight[i] + bias[i]
 
@@ -206,23 +201,17 @@ def group_norm_forward(const floating[:, ::1] x, Py_ssize_t spatial, const doubl
 cdef inline void group_affine_row(const floating* x, floating* y, Py_ssize_t per_group, Py_ssize_t spatial,
                                   double mean, double invstd, const double* weight,
                                   const floating* bias) noexcept nogil:
-    cdef floating hi, lo, scale, shift
-    cdef Py_ssize_t j, i
-    cdef const floating* xc
-    cdef floating* yc
-    split_row_mean(mean, &hi, &lo)
+    cdef floating hi, lo
+    cdef Py_ssize_t j
+    split_mean_value(mean, &hi, &lo)
     if spatial == 1:
         # One value per channel ((N, C) input): the channel loop is the vector loop.
         for j in range(per_group):
             y[j] = ((x[j] - hi) - lo) * <floating>(invstd * weight[j]) + bias[j]
         return
     for j in range(per_group):
-        scale = <floating>(invstd * weight[j])
-        shift = bias[j]
-        xc = x + j * spatial
-        yc = y + j * spatial
-        for i in range(spatial):
-            yc[i] = ((xc[i] - hi) - lo) * scale + shift
+        affine_run(x + j * spatial, 1, y + j * spatial, 1, spatial, hi, lo, <floating>(invstd * weight[j]),
+                   bias[j])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,7 +294,7 @@ cdef void layer_norm_gradient_block(const floating* dy, Py_ssize_t gs, const flo
             d = (xr[i] - center) * inv
             col_dy[i] += g[i]
             col_dy_x_hat[i] += g[i] * d
-        split_row_mean(center, &hi, &lo)
+        split_mean_value(center, &hi, &lo)
         inv_f = <floating>inv
         coef_1 = <floating>(-sum_g / length)
         coef_x_hat = <floating>(-sum_g_xmu * inv / length)
@@ -379,6 +368,6 @@ cdef inline void row_dx_run(const floating* dy, const floating* x, floating* dx,
                             floating coef_x_hat) noexcept nogil:
     cdef floating hi, lo
     cdef Py_ssize_t i
-    split_row_mean(mean, &hi, &lo)
+    split_mean_value(mean, &hi, &lo)
     for i in range(n):
         dx[i] = scale * ((dy[i] * dy_scale + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
