@@ -4,6 +4,8 @@
 
 from cython cimport floating
 
+from _stream cimport STAGE, piece_length, stream_values
+
 
 cdef inline void split_mean_value(double mean, floating* hi, floating* lo) noexcept nogil:
     """hi + lo == mean to about 2**-48 relative in float32; lo == 0 in float64."""
@@ -12,10 +14,22 @@ cdef inline void split_mean_value(double mean, floating* hi, floating* lo) noexc
 
 
 cdef inline void affine_run(const floating* x, Py_ssize_t xs, floating* y, Py_ssize_t ys, Py_ssize_t n,
-                            floating hi, floating lo, floating scale, floating shift) noexcept nogil:
-    """y = ((x - hi) - lo) * scale + shift over one strided run."""
-    cdef Py_ssize_t i
-    if xs == 1 and ys == 1:
+                            floating hi, floating lo, floating scale, floating shift, bint stream) noexcept nogil:
+    """y = ((x - hi) - lo) * scale + shift over one strided run; contiguous runs stream y if asked.
+
+    Streamed stores are not fenced here: a fence waits for them to reach memory, and one per run cost more
+    than streaming saved (measured: 0.8 -> 1.4 ms on 25 MB). Each thread fences once, after its last run.
+    """
+    cdef floating staged[STAGE]
+    cdef Py_ssize_t i, i0 = 0, m
+    if xs == 1 and ys == 1 and stream:
+        while i0 < n:
+            m = piece_length(y, i0, n)
+            for i in range(m):
+                staged[i] = ((x[i0 + i] - hi) - lo) * scale + shift
+            stream_values(y + i0, staged, m)
+            i0 += m
+    elif xs == 1 and ys == 1:
         for i in range(n):
             y[i] = ((x[i] - hi) - lo) * scale + shift
     else:

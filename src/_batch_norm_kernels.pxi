@@ -15,9 +15,10 @@ after its statistics, while it is in L2, was measured slower here: it walks NCHW
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
 from _affine cimport affine_run, split_mean_value
+from _stream cimport STAGE, piece_length, stream_fence, stream_output, stream_values
 from _parallel cimport kernel_threads
 from _prefetch cimport prefetch_bytes
 from libc.stdlib cimport free, malloc
@@ -99,11 +100,20 @@ cdef void* checked_malloc(size_t n_bytes) except NULL:
 
 cdef inline void dx_run(const floating* dy, Py_ssize_t dys, const floating* x, Py_ssize_t xs,
                         floating* dx, Py_ssize_t dxs, Py_ssize_t n, floating hi, floating lo, floating invstd,
-                        floating scale, floating coef_x_hat, floating coef_1) noexcept nogil:
+                        floating scale, floating coef_x_hat, floating coef_1, bint stream) noexcept nogil:
     # dx = scale * (dy + coef_1 + coef_x_hat * x_hat): every factor stays O(1) or O(invstd), so nothing
     # underflows in float32 even for data near 1e30 (a fused coef * (x - mean) coefficient would).
-    cdef Py_ssize_t i
-    if dys == 1 and xs == 1 and dxs == 1:
+    # Streamed like affine_run (_affine.pxd).
+    cdef floating staged[STAGE]
+    cdef Py_ssize_t i, i0 = 0, m
+    if dys == 1 and xs == 1 and dxs == 1 and stream:
+        while i0 < n:
+            m = piece_length(dx, i0, n)
+            for i in range(m):
+                staged[i] = scale * ((dy[i0 + i] + coef_1) + coef_x_hat * (((x[i0 + i] - hi) - lo) * invstd))
+            stream_values(dx + i0, staged, m)
+            i0 += m
+    elif dys == 1 and xs == 1 and dxs == 1:
         for i in range(n):
             dx[i] = scale * ((dy[i] + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
     else:
@@ -468,6 +478,7 @@ cdef int normalize_into(const floating[:, :, :] x, const double* mean, const dou
     cdef floating* shift_f = coef + 3 * C
     cdef BlockPlan plan
     cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
+    cdef bint stream = stream_output(n_outer * C * n_inner, n_inner, sizeof(floating))
     n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     try:
         with nogil:
@@ -485,22 +496,24 @@ cdef int normalize_into(const floating[:, :, :] x, const double* mean, const dou
             else:
                 # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
-                for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static",
-                                   use_threads_if=n_threads > 1):
-                    k = item % plan.chunks_per_row
-                    c = (item // plan.chunks_per_row) % C
-                    n = item // (plan.chunks_per_row * C)
-                    i0 = k * plan.chunk
-                    affine_run(px + n * so + c * sc + i0 * si, si, py + n * yo + c * yc + i0 * yi, yi,
-                               min(plan.chunk, n_inner - i0), hi[c], lo[c], scale_f[c], shift_f[c])
+                with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+                    for item in prange(n_outer * C * plan.chunks_per_row, schedule="static"):
+                        k = item % plan.chunks_per_row
+                        c = (item // plan.chunks_per_row) % C
+                        n = item // (plan.chunks_per_row * C)
+                        i0 = k * plan.chunk
+                        affine_run(px + n * so + c * sc + i0 * si, si, py + n * yo + c * yc + i0 * yi, yi,
+                                   min(plan.chunk, n_inner - i0), hi[c], lo[c], scale_f[c], shift_f[c], stream)
+                    if stream:
+                        stream_fence()
     finally:
         free(coef)
     return 0
 
 
 cdef void minor_affine(const floating* x, Py_ssize_t so, Py_ssize_t sc, floating* y, Py_ssize_t yo,
-                              Py_ssize_t yc, Py_ssize_t n_rows, Py_ssize_t C, const floating* hi,
-                              const floating* lo, const floating* scale, const floating* shift) noexcept nogil:
+                       Py_ssize_t yc, Py_ssize_t n_rows, Py_ssize_t C, const floating* hi,
+                       const floating* lo, const floating* scale, const floating* shift) noexcept nogil:
     cdef Py_ssize_t r, c
     cdef const floating* xr
     cdef floating* yr
@@ -822,6 +835,7 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
     cdef floating* coef_1_f = coef + 5 * C
     cdef BlockPlan plan
     cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
+    cdef bint stream = stream_output(n_outer * C * n_inner, n_inner, sizeof(floating))
     n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     try:
         with nogil:
@@ -841,24 +855,25 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
             else:
                 # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
-                for item in prange(n_outer * C * plan.chunks_per_row, num_threads=n_threads, schedule="static",
-                                   use_threads_if=n_threads > 1):
-                    k = item % plan.chunks_per_row
-                    c = (item // plan.chunks_per_row) % C
-                    n = item // (plan.chunks_per_row * C)
-                    i0 = k * plan.chunk
-                    dx_run(pg + n * go + c * gc + i0 * gi, gi, px + n * so + c * sc + i0 * si, si,
-                           pd + n * do + c * dc + i0 * di, di, min(plan.chunk, n_inner - i0),
-                           hi[c], lo[c], invstd_f[c], scale_f[c], coef_x_hat_f[c], coef_1_f[c])
+                with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+                    for item in prange(n_outer * C * plan.chunks_per_row, schedule="static"):
+                        k = item % plan.chunks_per_row
+                        c = (item // plan.chunks_per_row) % C
+                        n = item // (plan.chunks_per_row * C)
+                        i0 = k * plan.chunk
+                        dx_run(pg + n * go + c * gc + i0 * gi, gi, px + n * so + c * sc + i0 * si, si,
+                               pd + n * do + c * dc + i0 * di, di, min(plan.chunk, n_inner - i0),
+                               hi[c], lo[c], invstd_f[c], scale_f[c], coef_x_hat_f[c], coef_1_f[c], stream)
+                    if stream:
+                        stream_fence()
     finally:
         free(coef)
 
 
 cdef void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x, Py_ssize_t so,
-                          Py_ssize_t sc, floating* dx, Py_ssize_t do, Py_ssize_t dc, Py_ssize_t n_rows,
-                          Py_ssize_t C, const floating* hi, const floating* lo, const floating* invstd,
-                          const floating* scale, const floating* coef_x_hat,
-                          const floating* coef_1) noexcept nogil:
+                   Py_ssize_t sc, floating* dx, Py_ssize_t do, Py_ssize_t dc, Py_ssize_t n_rows,
+                   Py_ssize_t C, const floating* hi, const floating* lo, const floating* invstd,
+                   const floating* scale, const floating* coef_x_hat, const floating* coef_1) noexcept nogil:
     cdef Py_ssize_t r, c
     if packed_rows(C, go, gc) and packed_rows(C, so, sc) and packed_rows(C, do, dc):
         packed_dx(dy, x, dx, n_rows * C, C, hi, lo, invstd, scale, coef_x_hat, coef_1)

@@ -13,13 +13,14 @@ every reduction is summed in a fixed order, so results are bitwise identical for
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
 
 from _moments cimport (BLOCK, HALF_LANES, LANES, Block, BlockPlan, Moments, block_moments, chan_merge,
                        fold_lanes, make_plan, plan_block)
 from _affine cimport affine_run, split_mean_value
+from _stream cimport STAGE, piece_length, stream_fence, stream_output, stream_values
 from _parallel cimport kernel_threads
 from _prefetch cimport prefetch_bytes
 
@@ -85,7 +86,7 @@ def column_affine(const floating[:, ::1] x, const double[::1] mean, const double
                 n = min(it.chunk, length - i0)
                 for r in range(r0, r1):
                     column_affine_run(px + r * xs + i0, py + r * ys + i0, n, mean[r], <floating>invstd[r],
-                                      weight_f + i0, bias_f + i0)
+                                      weight_f + i0, bias_f + i0, False)
     finally:
         free(vectors)
 
@@ -93,12 +94,21 @@ def column_affine(const floating[:, ::1] x, const double[::1] mean, const double
 # Layer-norm affine of one row: y[i] = ((x - mean_hi) - mean_lo) * invstd * weight[i] + bias[i].
 
 cdef inline void column_affine_run(const floating* x, floating* y, Py_ssize_t n, double mean, floating invstd,
-                                   const floating* weight, const floating* bias) noexcept nogil:
+                                   const floating* weight, const floating* bias, bint stream) noexcept nogil:
+    cdef floating staged[STAGE]
     cdef floating hi, lo
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, i0 = 0, m
     split_mean_value(mean, &hi, &lo)
-    for i in range(n):
-        y[i] = (((x[i] - hi) - lo) * invstd) * weight[i] + bias[i]
+    if stream:
+        while i0 < n:
+            m = piece_length(y, i0, n)
+            for i in range(m):
+                staged[i] = (((x[i0 + i] - hi) - lo) * invstd) * weight[i0 + i] + bias[i0 + i]
+            stream_values(y + i0, staged, m)
+            i0 += m
+    else:
+        for i in range(n):
+            y[i] = (((x[i] - hi) - lo) * invstd) * weight[i] + bias[i]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,20 +153,23 @@ def layer_norm_forward(const floating[:, ::1] x, const double[::1] weight, const
     cdef floating* bias_f = vectors + length
     cdef Py_ssize_t r, i
     cdef double invstd
+    cdef bint stream = stream_output(n_rows * length, length, sizeof(floating))
     n_threads = kernel_threads(n_rows * length, n_threads)
     try:
         with nogil:
             for i in range(length):
                 weight_f[i] = <floating>weight[i]
                 bias_f[i] = <floating>bias[i]
-            for r in prange(n_rows, num_threads=n_threads, schedule="static",
-                            use_threads_if=n_threads > 1):
-                invstd = store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r],
-                                         &invstd_out[r])
-                if r + 1 < n_rows:
-                    prefetch_bytes(px + (r + 1) * xs, length * sizeof(floating))
-                column_affine_run(px + r * xs, py + r * ys, length, mean_out[r], <floating>invstd,
-                                  weight_f, bias_f)
+            with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+                for r in prange(n_rows, schedule="static"):
+                    invstd = store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r],
+                                             &invstd_out[r])
+                    if r + 1 < n_rows:
+                        prefetch_bytes(px + (r + 1) * xs, length * sizeof(floating))
+                    column_affine_run(px + r * xs, py + r * ys, length, mean_out[r], <floating>invstd,
+                                      weight_f, bias_f, stream)
+                if stream:
+                    stream_fence()
     finally:
         free(vectors)
 
@@ -180,27 +193,30 @@ def group_norm_forward(const floating[:, ::1] x, Py_ssize_t spatial, const doubl
     cdef floating* bias_f = <floating*>family_malloc(n_channels * sizeof(floating))
     cdef Py_ssize_t r, c, first
     cdef double invstd
+    cdef bint stream = stream_output(n_rows * length, spatial, sizeof(floating))
     n_threads = kernel_threads(n_rows * length, n_threads)
     try:
         with nogil:
             for c in range(n_channels):
                 bias_f[c] = <floating>bias[c]
-            for r in prange(n_rows, num_threads=n_threads, schedule="static",
-                            use_threads_if=n_threads > 1):
-                invstd = store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r],
-                                         &invstd_out[r])
-                if r + 1 < n_rows:
-                    prefetch_bytes(px + (r + 1) * xs, length * sizeof(floating))
-                first = (r % groups) * per_group
-                group_affine_row(px + r * xs, py + r * ys, per_group, spatial, mean_out[r], invstd,
-                                 &weight[first], bias_f + first)
+            with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+                for r in prange(n_rows, schedule="static"):
+                    invstd = store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r],
+                                             &invstd_out[r])
+                    if r + 1 < n_rows:
+                        prefetch_bytes(px + (r + 1) * xs, length * sizeof(floating))
+                    first = (r % groups) * per_group
+                    group_affine_row(px + r * xs, py + r * ys, per_group, spatial, mean_out[r], invstd,
+                                     &weight[first], bias_f + first, stream)
+                if stream:
+                    stream_fence()
     finally:
         free(bias_f)
 
 
 cdef inline void group_affine_row(const floating* x, floating* y, Py_ssize_t per_group, Py_ssize_t spatial,
                                   double mean, double invstd, const double* weight,
-                                  const floating* bias) noexcept nogil:
+                                  const floating* bias, bint stream) noexcept nogil:
     cdef floating hi, lo
     cdef Py_ssize_t j
     split_mean_value(mean, &hi, &lo)
@@ -211,7 +227,7 @@ cdef inline void group_affine_row(const floating* x, floating* y, Py_ssize_t per
         return
     for j in range(per_group):
         affine_run(x + j * spatial, 1, y + j * spatial, 1, spatial, hi, lo, <floating>(invstd * weight[j]),
-                   bias[j])
+                   bias[j], stream)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,10 +365,10 @@ def row_input_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, cons
     cdef floating* pd = &dx_out[0, 0]
     cdef RowItems it = row_items(n_rows, length)
     cdef Py_ssize_t item, r, r0, r1, i0, n
+    cdef bint stream = stream_output(n_rows * length, length, sizeof(floating))
     n_threads = kernel_threads(n_rows * length, n_threads)
-    with nogil:
-        for item in prange(it.n_items, num_threads=n_threads, schedule="static",
-                           use_threads_if=n_threads > 1):
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        for item in prange(it.n_items, schedule="static"):
             r0 = (item // it.chunks_per_row) * it.rows_per_item
             r1 = min(r0 + it.rows_per_item, n_rows)
             i0 = (item % it.chunks_per_row) * it.chunk
@@ -360,14 +376,26 @@ def row_input_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, cons
             for r in range(r0, r1):
                 row_dx_run(pg + r * gs + i0, px + r * xs + i0, pd + r * ds + i0, n, mean[r],
                            <floating>invstd[r], <floating>scale[r], <floating>dy_scale[r],
-                           <floating>coef_1[r], <floating>coef_x_hat[r])
+                           <floating>coef_1[r], <floating>coef_x_hat[r], stream)
+        if stream:
+            stream_fence()
 
 
 cdef inline void row_dx_run(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, double mean,
                             floating invstd, floating scale, floating dy_scale, floating coef_1,
-                            floating coef_x_hat) noexcept nogil:
+                            floating coef_x_hat, bint stream) noexcept nogil:
+    cdef floating staged[STAGE]
     cdef floating hi, lo
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, i0 = 0, m
     split_mean_value(mean, &hi, &lo)
-    for i in range(n):
-        dx[i] = scale * ((dy[i] * dy_scale + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
+    if stream:
+        while i0 < n:
+            m = piece_length(dx, i0, n)
+            for i in range(m):
+                staged[i] = scale * ((dy[i0 + i] * dy_scale + coef_1)
+                                     + coef_x_hat * (((x[i0 + i] - hi) - lo) * invstd))
+            stream_values(dx + i0, staged, m)
+            i0 += m
+    else:
+        for i in range(n):
+            dx[i] = scale * ((dy[i] * dy_scale + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
