@@ -58,6 +58,13 @@ cdef inline Py_ssize_t minor_rows_per_block(Py_ssize_t C) noexcept nogil:
     return max(256, 4 * BLOCK // C)
 
 
+cdef inline Py_ssize_t minor_chunk(Py_ssize_t C) noexcept nogil:
+    # Channels per channels-last work item: a work item is (block of rows, chunk of channels), so that wide
+    # rows (e.g. (256, 1024): one block of rows) still give every thread work. LANE_CHUNK is the width the
+    # lane kernels take at once; the chunks do not change any channel's summation order.
+    return min(C, LANE_CHUNK)
+
+
 cdef enum:
     # Channels per work item when rows shorter than BLOCK are walked in memory order.
     CHANNEL_CHUNK = 64
@@ -270,15 +277,19 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
+        chunk = minor_chunk(C)
+        n_chunks = (C + chunk - 1) // chunk
         minor_mean = <double*>checked_malloc(n_blocks * C * sizeof(double))
         minor_m2 = <double*>checked_malloc(n_blocks * C * sizeof(double))
         try:
             with nogil:
-                for k in prange(n_blocks, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
-                    r0 = k * R
-                    minor_block_moments(px + r0 * so, min(R, n_outer - r0), so, C, sc,
-                                        minor_mean + k * C, minor_m2 + k * C)
+                for item in prange(n_blocks * n_chunks, num_threads=n_threads, schedule="static",
+                                   use_threads_if=n_threads > 1):
+                    r0 = (item // n_chunks) * R
+                    c0 = (item % n_chunks) * chunk
+                    minor_block_moments(px + r0 * so + c0 * sc, min(R, n_outer - r0), so, min(chunk, C - c0), sc,
+                                        minor_mean + (item // n_chunks) * C + c0,
+                                        minor_m2 + (item // n_chunks) * C + c0)
                 for k in prange((C + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK, num_threads=n_threads,
                                 schedule="static", use_threads_if=n_threads > 1):
                     minor_merge(minor_mean, minor_m2, k * CHANNEL_CHUNK, min(CHANNEL_CHUNK, C - k * CHANNEL_CHUNK),
@@ -502,7 +513,7 @@ cdef int normalize_into(const floating[:, :, :] x, const double* mean, const dou
     cdef floating* shift_f = coef + 3 * C
     cdef BlockPlan plan
     cdef ItemPosition at
-    cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
+    cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0, chunk, n_chunks
     cdef bint stream = stream_output(n_outer * C * n_inner, n_inner, sizeof(floating))
     n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     try:
@@ -513,11 +524,14 @@ cdef int normalize_into(const floating[:, :, :] x, const double* mean, const dou
             if channel_minor(C, n_inner):
                 R = minor_rows_per_block(C)
                 n_blocks = (n_outer + R - 1) // R
-                for k in prange(n_blocks, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
-                    r0 = k * R
-                    minor_affine(px + r0 * so, so, sc, py + r0 * yo, yo, yc, min(R, n_outer - r0), C,
-                                 hi, lo, scale_f, shift_f)
+                chunk = minor_chunk(C)
+                n_chunks = (C + chunk - 1) // chunk
+                for item in prange(n_blocks * n_chunks, num_threads=n_threads, schedule="static",
+                                   use_threads_if=n_threads > 1):
+                    r0 = (item // n_chunks) * R
+                    c = (item % n_chunks) * chunk
+                    minor_affine(px + r0 * so + c * sc, so, sc, py + r0 * yo + c * yc, yo, yc,
+                                 min(R, n_outer - r0), min(chunk, C - c), hi + c, lo + c, scale_f + c, shift_f + c)
             else:
                 # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
@@ -633,14 +647,19 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
     if channel_minor(C, n_inner):
         R = minor_rows_per_block(C)
         n_blocks = (n_outer + R - 1) // R
+        chunk = minor_chunk(C)
+        n_chunks = (C + chunk - 1) // chunk
         parts = <double*>checked_malloc(2 * n_blocks * C * sizeof(double))
         try:
             with nogil:
-                for k in prange(n_blocks, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
+                for item in prange(n_blocks * n_chunks, num_threads=n_threads, schedule="static",
+                                   use_threads_if=n_threads > 1):
+                    k = item // n_chunks
                     r0 = k * R
-                    minor_gradient_sums(pg + r0 * go, go, gc, px + r0 * so, so, sc, min(R, n_outer - r0), C,
-                                        &mean[0], parts + 2 * k * C, parts + (2 * k + 1) * C)
+                    c0 = (item % n_chunks) * chunk
+                    minor_gradient_sums(pg + r0 * go + c0 * gc, go, gc, px + r0 * so + c0 * sc, so, sc,
+                                        min(R, n_outer - r0), min(chunk, C - c0), &mean[c0],
+                                        parts + 2 * k * C + c0, parts + (2 * k + 1) * C + c0)
                 for c in prange(C, num_threads=n_threads, schedule="static",
                                 use_threads_if=n_threads > 1):
                     sum_dy_out[c] = ordered_sum(parts + c, 2 * C, n_blocks)
@@ -860,7 +879,7 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
     cdef floating* coef_1_f = coef + 5 * C
     cdef BlockPlan plan
     cdef ItemPosition at
-    cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0
+    cdef Py_ssize_t item, n, c, i0, R, n_blocks, k, r0, chunk, n_chunks
     cdef bint stream = stream_output(n_outer * C * n_inner, n_inner, sizeof(floating))
     n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     try:
@@ -873,11 +892,15 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
             if channel_minor(C, n_inner):
                 R = minor_rows_per_block(C)
                 n_blocks = (n_outer + R - 1) // R
-                for k in prange(n_blocks, num_threads=n_threads, schedule="static",
-                                use_threads_if=n_threads > 1):
-                    r0 = k * R
-                    minor_dx(pg + r0 * go, go, gc, px + r0 * so, so, sc, pd + r0 * do, do, dc,
-                             min(R, n_outer - r0), C, hi, lo, invstd_f, scale_f, coef_x_hat_f, coef_1_f)
+                chunk = minor_chunk(C)
+                n_chunks = (C + chunk - 1) // chunk
+                for item in prange(n_blocks * n_chunks, num_threads=n_threads, schedule="static",
+                                   use_threads_if=n_threads > 1):
+                    r0 = (item // n_chunks) * R
+                    c = (item % n_chunks) * chunk
+                    minor_dx(pg + r0 * go + c * gc, go, gc, px + r0 * so + c * sc, so, sc, pd + r0 * do + c * dc,
+                             do, dc, min(R, n_outer - r0), min(chunk, C - c), hi + c, lo + c, invstd_f + c,
+                             scale_f + c, coef_x_hat_f + c, coef_1_f + c)
             else:
                 # Elementwise: walk (row, channel, chunk) in memory order.
                 plan = make_plan(n_outer, n_inner)
