@@ -13,9 +13,18 @@ cdef inline void split_mean_value(double mean, floating* hi, floating* lo) noexc
     lo[0] = <floating>(mean - <double>hi[0])
 
 
+cdef inline void affine_values(const floating* x, floating* y, Py_ssize_t n, floating hi, floating lo,
+                               floating scale, floating shift) noexcept nogil:
+    """y = ((x - hi) - lo) * scale + shift over n contiguous values."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = ((x[i] - hi) - lo) * scale + shift
+
+
 cdef inline void affine_run(const floating* x, Py_ssize_t xs, floating* y, Py_ssize_t ys, Py_ssize_t n,
                             floating hi, floating lo, floating scale, floating shift, bint stream) noexcept nogil:
-    """y = ((x - hi) - lo) * scale + shift over one strided run; contiguous runs stream y if asked.
+    """affine_values over one strided run; a contiguous run asked to stream computes its values piece by
+    piece into a stage in L1 and writes them with streaming stores (_stream.pxd).
 
     Streamed stores are not fenced here: a fence waits for them to reach memory, and one per run cost more
     than streaming saved (measured: 0.8 -> 1.4 ms on 25 MB). Each thread fences once, after its last run.
@@ -25,13 +34,11 @@ cdef inline void affine_run(const floating* x, Py_ssize_t xs, floating* y, Py_ss
     if xs == 1 and ys == 1 and stream:
         while i0 < n:
             m = piece_length(y, i0, n)
-            for i in range(m):
-                staged[i] = ((x[i0 + i] - hi) - lo) * scale + shift
+            affine_values(x + i0, staged, m, hi, lo, scale, shift)
             stream_values(y + i0, staged, m)
             i0 += m
     elif xs == 1 and ys == 1:
-        for i in range(n):
-            y[i] = ((x[i] - hi) - lo) * scale + shift
+        affine_values(x, y, n, hi, lo, scale, shift)
     else:
         for i in range(n):
             y[i * ys] = ((x[i * xs] - hi) - lo) * scale + shift

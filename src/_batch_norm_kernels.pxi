@@ -129,24 +129,30 @@ cdef void* checked_malloc(size_t n_bytes) except NULL:
 # ---------------------------------------------------------------------------------------------------------
 # Elementwise runs shared by both traversals (and affine_run, from _affine.pxd).
 
+cdef inline void dx_values(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, floating hi,
+                           floating lo, floating invstd, floating scale, floating coef_x_hat,
+                           floating coef_1) noexcept nogil:
+    # dx = scale * (dy + coef_1 + coef_x_hat * x_hat): every factor stays O(1) or O(invstd), so nothing
+    # underflows in float32 even for data near 1e30 (a fused coef * (x - mean) coefficient would).
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx[i] = scale * ((dy[i] + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
+
+
 cdef inline void dx_run(const floating* dy, Py_ssize_t dys, const floating* x, Py_ssize_t xs,
                         floating* dx, Py_ssize_t dxs, Py_ssize_t n, floating hi, floating lo, floating invstd,
                         floating scale, floating coef_x_hat, floating coef_1, bint stream) noexcept nogil:
-    # dx = scale * (dy + coef_1 + coef_x_hat * x_hat): every factor stays O(1) or O(invstd), so nothing
-    # underflows in float32 even for data near 1e30 (a fused coef * (x - mean) coefficient would).
-    # Streamed like affine_run (_affine.pxd).
+    """dx_values over one strided run; contiguous runs stream dx if asked (as affine_run does y)."""
     cdef floating staged[STAGE]
     cdef Py_ssize_t i, i0 = 0, m
     if dys == 1 and xs == 1 and dxs == 1 and stream:
         while i0 < n:
             m = piece_length(dx, i0, n)
-            for i in range(m):
-                staged[i] = scale * ((dy[i0 + i] + coef_1) + coef_x_hat * (((x[i0 + i] - hi) - lo) * invstd))
+            dx_values(dy + i0, x + i0, staged, m, hi, lo, invstd, scale, coef_x_hat, coef_1)
             stream_values(dx + i0, staged, m)
             i0 += m
     elif dys == 1 and xs == 1 and dxs == 1:
-        for i in range(n):
-            dx[i] = scale * ((dy[i] + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
+        dx_values(dy, x, dx, n, hi, lo, invstd, scale, coef_x_hat, coef_1)
     else:
         for i in range(n):
             dx[i * dxs] = scale * ((dy[i * dys] + coef_1) + coef_x_hat * (((x[i * xs] - hi) - lo) * invstd))
@@ -308,11 +314,11 @@ cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out
             with nogil:
                 for item in prange(n_blocks * n_chunks, num_threads=n_threads, schedule="static",
                                    use_threads_if=n_threads > 1):
-                    r0 = (item // n_chunks) * R
+                    k = item // n_chunks
+                    r0 = k * R
                     c0 = (item % n_chunks) * chunk
                     minor_block_moments(px + r0 * so + c0 * sc, min(R, n_outer - r0), so, min(chunk, C - c0), sc,
-                                        minor_mean + (item // n_chunks) * C + c0,
-                                        minor_m2 + (item // n_chunks) * C + c0)
+                                        minor_mean + k * C + c0, minor_m2 + k * C + c0)
                 for k in prange((C + CHANNEL_CHUNK - 1) // CHANNEL_CHUNK, num_threads=n_threads,
                                 schedule="static", use_threads_if=n_threads > 1):
                     minor_merge(minor_mean, minor_m2, k * CHANNEL_CHUNK, min(CHANNEL_CHUNK, C - k * CHANNEL_CHUNK),

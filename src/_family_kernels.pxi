@@ -93,22 +93,28 @@ def column_affine(const floating[:, ::1] x, const double[::1] mean, const double
 
 # Layer-norm affine of one row: y[i] = ((x - mean_hi) - mean_lo) * invstd * weight[i] + bias[i].
 
+cdef inline void column_affine_values(const floating* x, floating* y, Py_ssize_t n, floating hi, floating lo,
+                                      floating invstd, const floating* weight, const floating* bias) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = (((x[i] - hi) - lo) * invstd) * weight[i] + bias[i]
+
+
 cdef inline void column_affine_run(const floating* x, floating* y, Py_ssize_t n, double mean, floating invstd,
                                    const floating* weight, const floating* bias, bint stream) noexcept nogil:
+    """column_affine_values over one row; streamed if asked (as affine_run, _affine.pxd)."""
     cdef floating staged[STAGE]
     cdef floating hi, lo
-    cdef Py_ssize_t i, i0 = 0, m
+    cdef Py_ssize_t i0 = 0, m
     split_mean_value(mean, &hi, &lo)
     if stream:
         while i0 < n:
             m = piece_length(y, i0, n)
-            for i in range(m):
-                staged[i] = (((x[i0 + i] - hi) - lo) * invstd) * weight[i0 + i] + bias[i0 + i]
+            column_affine_values(x + i0, staged, m, hi, lo, invstd, weight + i0, bias + i0)
             stream_values(y + i0, staged, m)
             i0 += m
     else:
-        for i in range(n):
-            y[i] = (((x[i] - hi) - lo) * invstd) * weight[i] + bias[i]
+        column_affine_values(x, y, n, hi, lo, invstd, weight, bias)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,8 +195,9 @@ cdef inline Py_ssize_t rows_per_pass(Py_ssize_t row_bytes) noexcept nogil:
 
 # ---------------------------------------------------------------------------------------------------------
 # Fused group-norm forward: a row is one (sample, group) pair, C / G channels of `spatial` values each,
-# contiguous in C-ordered (N, C, *) data. As in layer norm, a thread computes the row's statistics, asks
-# for the next row, and normalizes the row while it is in cache with a per-channel affine:
+# contiguous in C-ordered (N, C, *) data. A thread takes a block of rows (rows_per_pass: one short row, or
+# about PASS_BYTES of long ones), computes their statistics, asks for the next block's first row, and
+# normalizes the block while it is in cache with a per-channel affine:
 # y = ((x - mean_hi) - mean_lo) * (invstd * weight[c]) + bias[c]. Memory passes: read x, write y.
 
 def group_norm_forward(const floating[:, ::1] x, Py_ssize_t spatial, const double[::1] weight,
@@ -398,21 +405,27 @@ def row_input_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, cons
             stream_fence()
 
 
+cdef inline void row_dx_values(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, floating hi,
+                               floating lo, floating invstd, floating scale, floating dy_scale, floating coef_1,
+                               floating coef_x_hat) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx[i] = scale * ((dy[i] * dy_scale + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
+
+
 cdef inline void row_dx_run(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, double mean,
                             floating invstd, floating scale, floating dy_scale, floating coef_1,
                             floating coef_x_hat, bint stream) noexcept nogil:
+    """row_dx_values over one row; streamed if asked (as affine_run, _affine.pxd)."""
     cdef floating staged[STAGE]
     cdef floating hi, lo
-    cdef Py_ssize_t i, i0 = 0, m
+    cdef Py_ssize_t i0 = 0, m
     split_mean_value(mean, &hi, &lo)
     if stream:
         while i0 < n:
             m = piece_length(dx, i0, n)
-            for i in range(m):
-                staged[i] = scale * ((dy[i0 + i] * dy_scale + coef_1)
-                                     + coef_x_hat * (((x[i0 + i] - hi) - lo) * invstd))
+            row_dx_values(dy + i0, x + i0, staged, m, hi, lo, invstd, scale, dy_scale, coef_1, coef_x_hat)
             stream_values(dx + i0, staged, m)
             i0 += m
     else:
-        for i in range(n):
-            dx[i] = scale * ((dy[i] * dy_scale + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
+        row_dx_values(dy, x, dx, n, hi, lo, invstd, scale, dy_scale, coef_1, coef_x_hat)

@@ -2,8 +2,9 @@
 # count); it only decides whether waking the OpenMP team is worth it.
 
 cdef enum:
-    # Below this many values a kernel runs on the calling thread, without entering a parallel region: for
-    # small inputs the region's start-up costs more than the split saves.
+    # Below this many values a kernel runs on the calling thread: its parallel regions are entered with
+    # use_threads_if false, so no other thread is woken (waking the team cost more than the split saved for
+    # small inputs). The OpenMP runtime still sets up a one-thread team per region.
     PARALLEL_MIN_VALUES = 32768
 
 

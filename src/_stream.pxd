@@ -6,7 +6,7 @@
 #
 # Values are computed into a small staging buffer (the loop the compiler vectorizes) and copied out with
 # the widest streaming store the build has: 64 bytes with AVX-512, 32 with AVX, 16 with SSE2. Other
-# targets (and unaligned outputs) get plain stores: the same values, only slower.
+# targets get plain stores: the same values, only slower.
 #
 # Only contiguous runs along the last axis stream (batch norm's NCHW rows, layer norm's rows, group and
 # instance norm's channel runs). Channels-last passes, whose pieces hold many short per-lane segments,
@@ -18,6 +18,7 @@ from cython cimport floating
 cdef extern from *:
     """
     #include <stdint.h>
+    #include <string.h>
     #if defined(__AVX__) || defined(__SSE2__) || defined(_M_X64)
     #include <immintrin.h>
     #define BNEXT_STREAMING 1
@@ -25,34 +26,36 @@ cdef extern from *:
     #define BNEXT_STREAMING 0
     #endif
 
-    static inline void bnext_stream_f32(float* dst, const float* src, Py_ssize_t n) {
-        Py_ssize_t i = 0;
+    /* dst[0:n_bytes] = src[0:n_bytes]: plain stores up to dst's first vector boundary and after its last one,
+       streaming stores of whole vectors between. Bytes, so one copy serves float32 and float64 alike. */
+    static inline void bnext_stream_bytes(void* dst, const void* src, size_t n_bytes) {
+        char* d = (char*)dst;
+        const char* s = (const char*)src;
+    #if BNEXT_STREAMING
     #if defined(__AVX512F__)
-        for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
-        for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+        const size_t width = 64;
     #elif defined(__AVX__)
-        for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = src[i];
-        for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
-    #elif BNEXT_STREAMING
-        for (; i < n && ((uintptr_t)(dst + i) & 15); i++) dst[i] = src[i];
-        for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+        const size_t width = 32;
+    #else
+        const size_t width = 16;
     #endif
-        for (; i < n; i++) dst[i] = src[i];
-    }
-
-    static inline void bnext_stream_f64(double* dst, const double* src, Py_ssize_t n) {
-        Py_ssize_t i = 0;
+        size_t head = (width - ((uintptr_t)d & (width - 1))) & (width - 1);
+        if (head > n_bytes) head = n_bytes;
+        memcpy(d, s, head);
+        d += head;
+        s += head;
+        n_bytes -= head;
+        for (; n_bytes >= width; d += width, s += width, n_bytes -= width) {
     #if defined(__AVX512F__)
-        for (; i < n && ((uintptr_t)(dst + i) & 63); i++) dst[i] = src[i];
-        for (; i + 8 <= n; i += 8) _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
+            _mm512_stream_si512((__m512i*)d, _mm512_loadu_si512((const void*)s));
     #elif defined(__AVX__)
-        for (; i < n && ((uintptr_t)(dst + i) & 31); i++) dst[i] = src[i];
-        for (; i + 4 <= n; i += 4) _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
-    #elif BNEXT_STREAMING
-        for (; i < n && ((uintptr_t)(dst + i) & 15); i++) dst[i] = src[i];
-        for (; i + 2 <= n; i += 2) _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+            _mm256_stream_si256((__m256i*)d, _mm256_loadu_si256((const __m256i*)s));
+    #else
+            _mm_stream_si128((__m128i*)d, _mm_loadu_si128((const __m128i*)s));
     #endif
-        for (; i < n; i++) dst[i] = src[i];
+        }
+    #endif
+        memcpy(d, s, n_bytes);
     }
 
     /* Streaming stores are weakly ordered: fence them before the values can be read by another thread. */
@@ -62,8 +65,7 @@ cdef extern from *:
     #endif
     }
     """
-    void bnext_stream_f32(float* dst, const float* src, Py_ssize_t n) noexcept nogil
-    void bnext_stream_f64(double* dst, const double* src, Py_ssize_t n) noexcept nogil
+    void bnext_stream_bytes(void* dst, const void* src, size_t n_bytes) noexcept nogil
     void stream_fence "bnext_stream_fence"() noexcept nogil
 
 
@@ -104,7 +106,4 @@ cdef inline Py_ssize_t piece_length(const floating* y, Py_ssize_t i0, Py_ssize_t
 
 
 cdef inline void stream_values(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
-    if floating is float:
-        bnext_stream_f32(dst, src, n)
-    else:
-        bnext_stream_f64(dst, src, n)
+    bnext_stream_bytes(dst, src, n * sizeof(floating))
