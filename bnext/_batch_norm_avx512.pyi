@@ -1,4 +1,5 @@
 # The avx512 build of the batch-norm kernels: the same source and interface as the baseline build.
+from ._batch_norm import backward as backward
 from ._batch_norm import batch_stats as batch_stats
 from ._batch_norm import gradient_sums as gradient_sums
 from ._batch_norm import input_gradient as input_gradient

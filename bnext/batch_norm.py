@@ -210,24 +210,12 @@ def _backward_checked(dy: Array, x: Array, mean: Array, invstd: Array, weight: A
                       out: Array | None, batch_stats: bool) -> tuple[Array, Array, Array]:
     n_channels = x.shape[axis]
     target = Output(out, x, axis, [x, dy])
-    sum_dy = np.zeros(n_channels)
-    sum_dy_xmu = np.zeros(n_channels)
-    m = _values_per_channel(x.shape, axis)
-    if m == 0 or n_channels == 0:
-        return target.finish(), sum_dy_xmu, sum_dy
-    x_view = readable_view(x, axis)
-    dy_view = readable_view(dy, axis)
-    n_threads = get_num_threads()
-    kernels.gradient_sums(dy_view, x_view, mean, sum_dy, sum_dy_xmu, n_threads)
-    dbias = sum_dy
-    dweight = sum_dy_xmu * invstd
-    scale = invstd if weight is None else weight * invstd
-    if batch_stats:
-        # dx = scale * (dy - dbias / m - x_hat * dweight / m): the mean and x_hat depend on x.
-        coef_x_hat, coef_1 = -dweight / m, -dbias / m
-    else:
-        coef_x_hat = coef_1 = np.zeros(n_channels)
-    kernels.input_gradient(dy_view, x_view, mean, invstd, scale, coef_x_hat, coef_1, target.view, n_threads)
+    dweight = np.zeros(n_channels)
+    dbias = np.zeros(n_channels)
+    if x.size == 0:
+        return target.finish(), dweight, dbias
+    kernels.backward(readable_view(dy, axis), readable_view(x, axis), mean, invstd, weight, batch_stats, dweight,
+                     dbias, target.view, get_num_threads())
     return target.finish(), dweight, dbias
 
 

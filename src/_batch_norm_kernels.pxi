@@ -119,6 +119,45 @@ cdef inline ItemPosition item_position(const BlockPlan* plan, Py_ssize_t C, Py_s
     return p
 
 
+cdef struct Shape3:
+    # The sizes of an (outer, C, inner) view.
+    Py_ssize_t n_outer
+    Py_ssize_t C
+    Py_ssize_t n_inner
+
+
+cdef struct Strides3:
+    # One array's strides in that view, in elements. The kernels' cores take a pointer with these rather
+    # than a typed memoryview, so the small-call entries (_small_calls.pxi) can run them on an ndarray's
+    # data without building memoryviews (a few hundred ns each).
+    Py_ssize_t outer
+    Py_ssize_t channel
+    Py_ssize_t inner
+
+
+cdef inline Shape3 shape_of(const floating[:, :, :] v) noexcept nogil:
+    cdef Shape3 s
+    s.n_outer = v.shape[0]
+    s.C = v.shape[1]
+    s.n_inner = v.shape[2]
+    return s
+
+
+cdef inline Strides3 strides_of(const floating[:, :, :] v) noexcept nogil:
+    cdef Strides3 t
+    t.outer = v.strides[0] // sizeof(floating)
+    t.channel = v.strides[1] // sizeof(floating)
+    t.inner = v.strides[2] // sizeof(floating)
+    return t
+
+
+cdef inline const double* optional_data(const double[::1] v) noexcept:
+    # An absent weight or bias (None): NULL, which the cores read as 1 or 0.
+    if v is None:
+        return NULL
+    return &v[0]
+
+
 cdef void* checked_malloc(size_t n_bytes) except NULL:
     cdef void* p = malloc(n_bytes if n_bytes > 0 else 1)
     if p == NULL:
@@ -251,7 +290,7 @@ cdef void to_floating(const double* src, Py_ssize_t C, floating* dst) noexcept n
 
 def batch_stats(const floating[:, :, :] x, double[::1] mean_out, double[::1] var_out, int n_threads):
     """Per-channel mean and biased variance of x, accumulated in double."""
-    stats_into(x, &mean_out[0], &var_out[0], n_threads)
+    stats_into(&x[0, 0, 0], shape_of(x), strides_of(x), &mean_out[0], &var_out[0], n_threads)
 
 
 def train_forward(const floating[:, :, :] x, const double[::1] weight, const double[::1] bias, double eps,
@@ -259,42 +298,61 @@ def train_forward(const floating[:, :, :] x, const double[::1] weight, const dou
                   int n_threads):
     """batch_stats, invstd = 1 / sqrt(var + eps), then normalize with scale = invstd * weight, shift = bias.
 
-    One entry point for the training forward, so a small call pays for one argument conversion and no
-    NumPy arithmetic between the passes. weight and bias may be None (1 and 0).
+    One entry point for the training forward, so a call pays for one argument conversion and no NumPy
+    arithmetic between the passes. weight and bias may be None (1 and 0).
     """
-    cdef Py_ssize_t C = x.shape[1], c
-    cdef double* scale = <double*>checked_malloc(C * sizeof(double))
-    try:
-        stats_into(x, &mean_out[0], &var_out[0], n_threads)
-        for c in range(C):
-            invstd_out[c] = 1.0 / sqrt(var_out[c] + eps)
-            scale[c] = invstd_out[c] if weight is None else invstd_out[c] * weight[c]
-        normalize_into(x, &mean_out[0], scale, NULL if bias is None else &bias[0], y_out, n_threads)
-    finally:
-        free(scale)
+    train_into(&x[0, 0, 0], shape_of(x), strides_of(x), optional_data(weight),
+               optional_data(bias), eps, &mean_out[0], &var_out[0], &invstd_out[0], &y_out[0, 0, 0],
+               strides_of(y_out), n_threads)
 
 
 def eval_forward(const floating[:, :, :] x, const double[::1] running_mean, const double[::1] running_var,
                  const double[::1] weight, const double[::1] bias, double eps, floating[:, :, :] y_out,
                  int n_threads):
     """normalize with scale = weight / sqrt(running_var + eps), shift = bias (weight, bias may be None)."""
-    cdef Py_ssize_t C = x.shape[1], c
-    cdef double* scale = <double*>checked_malloc(C * sizeof(double))
+    eval_into(&x[0, 0, 0], shape_of(x), strides_of(x), &running_mean[0], &running_var[0],
+              optional_data(weight), optional_data(bias), eps, &y_out[0, 0, 0],
+              strides_of(y_out), n_threads)
+
+
+cdef int train_into(const floating* px, Shape3 shape, Strides3 xs, const double* weight, const double* bias,
+                    double eps, double* mean_out, double* var_out, double* invstd_out, floating* py, Strides3 ys,
+                    int n_threads) except -1:
+    # weight and bias may be NULL (1 and 0).
+    cdef Py_ssize_t c
+    cdef double* scale = <double*>checked_malloc(shape.C * sizeof(double))
     try:
-        for c in range(C):
-            scale[c] = 1.0 / sqrt(running_var[c] + eps)
-            if weight is not None:
-                scale[c] = scale[c] * weight[c]
-        normalize_into(x, &running_mean[0], scale, NULL if bias is None else &bias[0], y_out, n_threads)
+        stats_into(px, shape, xs, mean_out, var_out, n_threads)
+        for c in range(shape.C):
+            invstd_out[c] = 1.0 / sqrt(var_out[c] + eps)
+            scale[c] = invstd_out[c] if weight == NULL else invstd_out[c] * weight[c]
+        normalize_into(px, shape, xs, mean_out, scale, bias, py, ys, n_threads)
     finally:
         free(scale)
+    return 0
 
 
-cdef int stats_into(const floating[:, :, :] x, double* mean_out, double* var_out, int n_threads) except -1:
-    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
-    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
-    cdef const floating* px = &x[0, 0, 0]
+cdef int eval_into(const floating* px, Shape3 shape, Strides3 xs, const double* running_mean,
+                   const double* running_var, const double* weight, const double* bias, double eps, floating* py,
+                   Strides3 ys, int n_threads) except -1:
+    # weight and bias may be NULL (1 and 0).
+    cdef Py_ssize_t c
+    cdef double* scale = <double*>checked_malloc(shape.C * sizeof(double))
+    try:
+        for c in range(shape.C):
+            scale[c] = 1.0 / sqrt(running_var[c] + eps)
+            if weight != NULL:
+                scale[c] = scale[c] * weight[c]
+        normalize_into(px, shape, xs, running_mean, scale, bias, py, ys, n_threads)
+    finally:
+        free(scale)
+    return 0
+
+
+cdef int stats_into(const floating* px, Shape3 shape, Strides3 xs, double* mean_out, double* var_out,
+                    int n_threads) except -1:
+    cdef Py_ssize_t n_outer = shape.n_outer, C = shape.C, n_inner = shape.n_inner
+    cdef Py_ssize_t so = xs.outer, sc = xs.channel, si = xs.inner
     cdef BlockPlan plan
     cdef Moments* parts
     cdef Moments merged
@@ -522,19 +580,16 @@ cdef void minor_merge(double* mean, double* m2, Py_ssize_t c0, Py_ssize_t n_chan
 def normalize(const floating[:, :, :] x, const double[::1] mean, const double[::1] scale,
               const double[::1] shift, floating[:, :, :] y_out, int n_threads):
     """y_out = (x - mean) * scale + shift per channel; y_out may be x itself."""
-    normalize_into(x, &mean[0], &scale[0], &shift[0], y_out, n_threads)
+    normalize_into(&x[0, 0, 0], shape_of(x), strides_of(x), &mean[0], &scale[0], &shift[0], &y_out[0, 0, 0],
+                   strides_of(y_out), n_threads)
 
 
-cdef int normalize_into(const floating[:, :, :] x, const double* mean, const double* scale, const double* shift,
-                        floating[:, :, :] y_out, int n_threads) except -1:
+cdef int normalize_into(const floating* px, Shape3 shape, Strides3 xs, const double* mean, const double* scale,
+                        const double* shift, floating* py, Strides3 ys, int n_threads) except -1:
     # shift may be NULL: zeros.
-    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
-    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t yo = y_out.strides[0] // sizeof(floating), yc = y_out.strides[1] // sizeof(floating)
-    cdef Py_ssize_t yi = y_out.strides[2] // sizeof(floating)
-    cdef const floating* px = &x[0, 0, 0]
-    cdef floating* py = &y_out[0, 0, 0]
+    cdef Py_ssize_t n_outer = shape.n_outer, C = shape.C, n_inner = shape.n_inner
+    cdef Py_ssize_t so = xs.outer, sc = xs.channel, si = xs.inner
+    cdef Py_ssize_t yo = ys.outer, yc = ys.channel, yi = ys.inner
     cdef floating* coef = <floating*>checked_malloc(4 * C * sizeof(floating))
     cdef floating* hi = coef
     cdef floating* lo = coef + C
@@ -661,13 +716,16 @@ cdef void packed_affine(const floating* x, floating* y, Py_ssize_t n, Py_ssize_t
 def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const double[::1] mean,
                   double[::1] sum_dy_out, double[::1] sum_dy_xmu_out, int n_threads):
     """Per channel: sum(dy) and sum(dy * (x - mean)), fused in one pass, accumulated in double."""
-    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
-    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t go = dy.strides[0] // sizeof(floating), gc = dy.strides[1] // sizeof(floating)
-    cdef Py_ssize_t gi = dy.strides[2] // sizeof(floating)
-    cdef const floating* px = &x[0, 0, 0]
-    cdef const floating* pg = &dy[0, 0, 0]
+    gradient_sums_into(&dy[0, 0, 0], strides_of(dy), &x[0, 0, 0], shape_of(x), strides_of(x), &mean[0],
+                       &sum_dy_out[0], &sum_dy_xmu_out[0], n_threads)
+
+
+cdef int gradient_sums_into(const floating* pg, Strides3 gs, const floating* px, Shape3 shape, Strides3 xs,
+                            const double* mean, double* sum_dy_out, double* sum_dy_xmu_out,
+                            int n_threads) except -1:
+    cdef Py_ssize_t n_outer = shape.n_outer, C = shape.C, n_inner = shape.n_inner
+    cdef Py_ssize_t so = xs.outer, sc = xs.channel, si = xs.inner
+    cdef Py_ssize_t go = gs.outer, gc = gs.channel, gi = gs.inner
     cdef BlockPlan plan
     cdef Block b
     cdef double* parts
@@ -695,7 +753,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
                     sum_dy_xmu_out[c] = ordered_sum(parts + C + c, 2 * C, n_blocks)
         finally:
             free(parts)
-        return
+        return 0
     plan = make_plan(n_outer, n_inner)
     per = plan.per_channel
     # parts[2 * (c * per + j)] and parts[2 * (c * per + j) + 1]: block j's sum(dy) and sum(dy * (x - mean)).
@@ -731,6 +789,7 @@ def gradient_sums(const floating[:, :, :] dy, const floating[:, :, :] x, const d
                 sum_dy_xmu_out[c] = ordered_sum(parts + 2 * c * per + 1, 2, per)
     finally:
         free(parts)
+    return 0
 
 
 cdef inline void grouped_gradient_sums(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x,
@@ -902,16 +961,57 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
 
     dx_out may be dy or x itself.
     """
-    cdef Py_ssize_t n_outer = x.shape[0], C = x.shape[1], n_inner = x.shape[2]
-    cdef Py_ssize_t so = x.strides[0] // sizeof(floating), sc = x.strides[1] // sizeof(floating)
-    cdef Py_ssize_t si = x.strides[2] // sizeof(floating)
-    cdef Py_ssize_t go = dy.strides[0] // sizeof(floating), gc = dy.strides[1] // sizeof(floating)
-    cdef Py_ssize_t gi = dy.strides[2] // sizeof(floating)
-    cdef Py_ssize_t do = dx_out.strides[0] // sizeof(floating), dc = dx_out.strides[1] // sizeof(floating)
-    cdef Py_ssize_t di = dx_out.strides[2] // sizeof(floating)
-    cdef const floating* px = &x[0, 0, 0]
-    cdef const floating* pg = &dy[0, 0, 0]
-    cdef floating* pd = &dx_out[0, 0, 0]
+    input_gradient_into(&dy[0, 0, 0], strides_of(dy), &x[0, 0, 0], shape_of(x), strides_of(x), &mean[0],
+                        &invstd[0], &scale[0], &coef_x_hat[0], &coef_1[0], &dx_out[0, 0, 0], strides_of(dx_out),
+                        n_threads)
+
+
+def backward(const floating[:, :, :] dy, const floating[:, :, :] x, const double[::1] mean,
+             const double[::1] invstd, const double[::1] weight, bint batch_stats, double[::1] dweight_out,
+             double[::1] dbias_out, floating[:, :, :] dx_out, int n_threads):
+    """gradient_sums, then input_gradient with the coefficients they give (weight may be None: 1).
+
+    dbias = sum(dy), dweight = sum(dy * (x - mean)) * invstd. With batch_stats (training mode) mean and
+    invstd depend on x: dx = weight * invstd * (dy - dbias / m - x_hat * dweight / m); without (eval mode)
+    they are constants: dx = dy * weight * invstd. dx_out may be dy or x itself.
+    """
+    backward_into(&dy[0, 0, 0], strides_of(dy), &x[0, 0, 0], shape_of(x), strides_of(x), &mean[0], &invstd[0],
+                  optional_data(weight), batch_stats, &dweight_out[0], &dbias_out[0],
+                  &dx_out[0, 0, 0], strides_of(dx_out), n_threads)
+
+
+cdef int backward_into(const floating* pg, Strides3 gs, const floating* px, Shape3 shape, Strides3 xs,
+                       const double* mean, const double* invstd, const double* weight, bint batch_stats,
+                       double* dweight_out, double* dbias_out, floating* pd, Strides3 ds,
+                       int n_threads) except -1:
+    cdef Py_ssize_t C = shape.C, c
+    cdef double m = <double>(shape.n_outer * shape.n_inner)
+    cdef double* coef = <double*>checked_malloc(3 * C * sizeof(double))
+    cdef double* scale = coef
+    cdef double* coef_x_hat = coef + C
+    cdef double* coef_1 = coef + 2 * C
+    try:
+        # dweight_out holds sum(dy * (x - mean)) until it is scaled by invstd.
+        gradient_sums_into(pg, gs, px, shape, xs, mean, dbias_out, dweight_out, n_threads)
+        for c in range(C):
+            dweight_out[c] = dweight_out[c] * invstd[c]
+            scale[c] = invstd[c] if weight == NULL else weight[c] * invstd[c]
+            coef_x_hat[c] = -dweight_out[c] / m if batch_stats else 0.0
+            coef_1[c] = -dbias_out[c] / m if batch_stats else 0.0
+        input_gradient_into(pg, gs, px, shape, xs, mean, invstd, scale, coef_x_hat, coef_1, pd, ds, n_threads)
+    finally:
+        free(coef)
+    return 0
+
+
+cdef int input_gradient_into(const floating* pg, Strides3 gs, const floating* px, Shape3 shape, Strides3 xs,
+                             const double* mean, const double* invstd, const double* scale,
+                             const double* coef_x_hat, const double* coef_1, floating* pd, Strides3 ds,
+                             int n_threads) except -1:
+    cdef Py_ssize_t n_outer = shape.n_outer, C = shape.C, n_inner = shape.n_inner
+    cdef Py_ssize_t so = xs.outer, sc = xs.channel, si = xs.inner
+    cdef Py_ssize_t go = gs.outer, gc = gs.channel, gi = gs.inner
+    cdef Py_ssize_t do = ds.outer, dc = ds.channel, di = ds.inner
     cdef floating* coef = <floating*>checked_malloc(6 * C * sizeof(floating))
     cdef floating* hi = coef
     cdef floating* lo = coef + C
@@ -926,11 +1026,11 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
     n_threads = kernel_threads(n_outer * C * n_inner, n_threads)
     try:
         with nogil:
-            split_mean(&mean[0], C, hi, lo)
-            to_floating(&invstd[0], C, invstd_f)
-            to_floating(&scale[0], C, scale_f)
-            to_floating(&coef_x_hat[0], C, coef_x_hat_f)
-            to_floating(&coef_1[0], C, coef_1_f)
+            split_mean(mean, C, hi, lo)
+            to_floating(invstd, C, invstd_f)
+            to_floating(scale, C, scale_f)
+            to_floating(coef_x_hat, C, coef_x_hat_f)
+            to_floating(coef_1, C, coef_1_f)
             if channel_minor(C, n_inner):
                 R = minor_rows_per_block(C)
                 n_blocks = (n_outer + R - 1) // R
@@ -959,6 +1059,7 @@ def input_gradient(const floating[:, :, :] dy, const floating[:, :, :] x, const 
                         stream_fence()
     finally:
         free(coef)
+    return 0
 
 
 cdef void minor_dx(const floating* dy, Py_ssize_t go, Py_ssize_t gc, const floating* x, Py_ssize_t so,
