@@ -57,7 +57,10 @@ SIMD_FLAGS = {
     "bnext._family": [],
     "bnext._family_avx2": ["-mavx2", "-mfma"],
     "bnext._family_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
+    # The batch-norm kernels once more for small common-case calls (src/_small_calls.pyx), without OpenMP.
+    "bnext._small_calls": [],
 }
+SERIAL_BUILDS = {"bnext._small_calls"}
 
 
 def simd_builds_possible():
@@ -113,13 +116,14 @@ class BuildExtWithOpenMP(build_ext):
             self.extensions = [e for e in self.extensions if not SIMD_FLAGS.get(e.name)]
         for ext in self.extensions:
             simd = [] if msvc else SIMD_FLAGS.get(ext.name, [])
-            flags = optimise + simd + (compile_flags if use_openmp else [])
+            threaded = use_openmp and ext.name not in SERIAL_BUILDS
+            flags = optimise + simd + (compile_flags if threaded else [])
             ext.extra_compile_args += flags
             # For bnext.show_config(): the flags as bare tokens, which the C preprocessor turns into a string
             # (no quotes on the command line, whose escaping differs between compilers and shells).
             ext.define_macros.append(("BNEXT_BUILD_FLAGS_TOKENS", " ".join(flags)))
-            ext.extra_link_args += link_flags if use_openmp else []
-            ext.define_macros.append(("BNEXT_OPENMP", "1" if use_openmp else "0"))
+            ext.extra_link_args += link_flags if threaded else []
+            ext.define_macros.append(("BNEXT_OPENMP", "1" if threaded else "0"))
         super().build_extensions()
 
 

@@ -7,3 +7,4 @@ from ._batch_norm import normalize as normalize
 from ._batch_norm import build_flags as build_flags
 from ._batch_norm import train_forward as train_forward
 from ._batch_norm import eval_forward as eval_forward
+from ._batch_norm import update_running as update_running

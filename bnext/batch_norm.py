@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from . import _small_calls as small_calls
 from . import _validation as check
 from ._dispatch import kernels
 from ._layout import Output, readable_view, stores_channels_last
@@ -36,11 +37,10 @@ def _check_training_batch(x: Array, axis: int) -> int:
     return m
 
 
-def _update_running(buffer: Array | None, batch_value: Array, momentum: float) -> None:
+def update_running(buffer: Array | None, batch_value: Array, factor: float, momentum: float) -> None:
+    """PyTorch's running update of a statistic, in double: (1 - momentum) * old + momentum * value * factor."""
     if buffer is not None:
-        # A float32 buffer may overflow to inf (data near 1e30): the honest value, without a warning.
-        with np.errstate(over="ignore"):
-            buffer[...] = (1.0 - momentum) * buffer + momentum * batch_value
+        kernels.update_running(buffer, batch_value, factor, momentum)
 
 
 def _train(x: Any, weight: Any, bias: Any, axis: Any, eps: Any, running_mean: Any, running_var: Any,
@@ -81,9 +81,8 @@ def _train_checked(x: Array, weight: Array | None, bias: Array | None, axis: int
     invstd = np.empty(n_channels)
     kernels.train_forward(readable_view(x, axis), weight, bias, eps, mean, var, invstd, target.view,
                           get_num_threads())
-    _update_running(running_mean, mean, momentum)
-    if running_var is not None:
-        _update_running(running_var, var * (m / (m - 1)), momentum)
+    update_running(running_mean, mean, 1.0, momentum)
+    update_running(running_var, var, m / (m - 1), momentum)
     return target.finish(), mean, invstd
 
 
@@ -124,6 +123,10 @@ def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayL
     >>> np.round(y.ravel(), 3)
     array([-1.683,  0.106,  1.894,  3.683])
     """
+    if out is None:
+        small = small_calls.train(x, weight, bias, axis, eps, running_mean, running_var, momentum)
+        if small is not None:
+            return small
     y, mean, invstd = _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out)
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
@@ -156,6 +159,10 @@ def batch_norm_eval(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLik
     array([[-1., -1.],
            [ 1.,  1.]])
     """
+    if out is None:
+        small = small_calls.eval(x, running_mean, running_var, weight, bias, axis, eps)
+        if small is not None:
+            return small
     x = check.batch_input("x", x)
     axis = check.channel_axis(axis, x.ndim)
     n_channels = x.shape[axis]
@@ -255,6 +262,10 @@ def batch_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: Ar
     >>> dbias, np.abs(dx).max() < 1e-12
     (array([4.]), np.True_)
     """
+    if out is None:
+        small = small_calls.backward(dy, x, mean, invstd, weight, axis)
+        if small is not None:
+            return small
     dx, dweight, dbias = _backward(dy, x, mean, invstd, weight, axis, out)
     return dx, dweight.astype(dx.dtype), dbias.astype(dx.dtype)
 

@@ -6,6 +6,7 @@ from typing import cast
 import numpy as np
 
 from . import _validation as check
+from .batch_norm import update_running
 from .group_norm import _LAYOUT_NOTE, _backward, _check_backward, _forward
 from ._typing import ArrayLike, FloatArray
 
@@ -77,11 +78,8 @@ def instance_norm(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike
     y, mean, var, invstd = _forward(x, n_channels, weight, bias, eps, out)
     assert var is not None  # batch statistics were computed
     if x.size > 0:
-        for buffer, batch_value in ((running_mean, mean.mean(axis=0)),
-                                    (running_var, (var * (spatial / (spatial - 1))).mean(axis=0))):
-            if buffer is not None:
-                with np.errstate(over="ignore"):
-                    buffer[...] = (1.0 - momentum) * buffer + momentum * batch_value
+        update_running(running_mean, mean.mean(axis=0), 1.0, momentum)
+        update_running(running_var, (var * (spatial / (spatial - 1))).mean(axis=0), 1.0, momentum)
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
 

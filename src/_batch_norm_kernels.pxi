@@ -574,6 +574,21 @@ cdef void minor_merge(double* mean, double* m2, Py_ssize_t c0, Py_ssize_t n_chan
         count = merged_count
 
 
+def update_running(floating[:] buffer, const double[::1] batch, double factor, double momentum):
+    """buffer = (1 - momentum) * buffer + momentum * (batch * factor), in double, stored in buffer's dtype."""
+    update_running_into(&buffer[0], buffer.strides[0] // sizeof(floating), buffer.shape[0], &batch[0], factor,
+                        momentum)
+
+
+cdef void update_running_into(floating* buffer, Py_ssize_t stride, Py_ssize_t C, const double* batch,
+                              double factor, double momentum) noexcept nogil:
+    # PyTorch's running statistics (factor: m / (m - 1) for the unbiased variance). A float32 buffer may
+    # round to inf (data near 1e30): the honest value.
+    cdef Py_ssize_t c
+    for c in range(C):
+        buffer[c * stride] = <floating>((1.0 - momentum) * buffer[c * stride] + momentum * (batch[c] * factor))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Normalization: y = ((x - mean_hi) - mean_lo) * scale + shift per channel. Memory passes: read x, write y.
 

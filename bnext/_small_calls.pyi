@@ -1,0 +1,16 @@
+# Stub of the small-call entries (src/_small_calls.pyx): each returns None when the call is not a small
+# common-case one, and the caller takes the checked Python path.
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+_Floats = NDArray[np.floating[Any]]
+
+def train(x: object, weight: object, bias: object, axis: object, eps: object, running_mean: object,
+          running_var: object, momentum: object) -> tuple[_Floats, _Floats, _Floats] | None: ...
+def eval(x: object, running_mean: object, running_var: object, weight: object, bias: object, axis: object,
+         eps: object) -> _Floats | None: ...
+def backward(dy: object, x: object, mean: object, invstd: object, weight: object,
+             axis: object) -> tuple[_Floats, _Floats, _Floats] | None: ...

@@ -1,0 +1,227 @@
+# Small calls: the common case of each batch-norm entry point, recognized and run without Python-level work.
+#
+# On a few values a call costs what happens around the kernels: Python argument checks, allocation, views
+# and typed-memoryview conversions, OpenMP regions (about 20 us of a 23 us (2, 4, 1, 1) training call). For
+# inputs under PARALLEL_MIN_VALUES values - which the kernels run on one thread anyway - bnext/batch_norm.py
+# first offers its arguments here. A call is taken when every argument is in its plain form: exact ndarrays
+# of native, aligned float32/float64, x C-contiguous (channels on any axis), float eps and momentum, no out.
+# Anything else returns None and takes the Python path, which checks everything and raises the errors: so
+# nothing here raises for bad input, an argument that is not plainly valid is just not the common case.
+#
+# This module is the kernel source (included below) built a fourth time, without OpenMP and SIMD flags
+# (setup.py): small inputs gain nothing from either, and entering an OpenMP region costs ~0.3 us even on one
+# thread. The arithmetic is the kernels' own, and every build rounds the same way (-ffp-contract=off): the
+# results are bitwise those of the Python path.
+
+cimport numpy as cnp
+from libc.math cimport isfinite
+from _parallel cimport PARALLEL_MIN_VALUES
+
+include "_batch_norm_kernels.pxi"
+
+cnp.import_array()
+
+
+cdef enum:
+    NOT_FLOAT = -1
+    # Per-channel scratch: weight, bias, mean, var, invstd (or their backward counterparts).
+    N_VECTORS = 5
+
+
+cdef int float_type(object a) noexcept:
+    """NPY_FLOAT or NPY_DOUBLE for an exact ndarray of native, aligned float32/float64; else NOT_FLOAT."""
+    cdef int t
+    if type(a) is not cnp.ndarray:
+        return NOT_FLOAT
+    t = cnp.PyArray_TYPE(<cnp.ndarray>a)
+    if ((t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)):
+        return t
+    return NOT_FLOAT
+
+
+cdef int small_batch(object x, object axis, Shape3* shape) noexcept:
+    """x's float type when x is a small C-contiguous batch with a valid channel axis, with *shape set to its
+    (outer, C, inner) view as bnext._layout.kernel_view makes it; else NOT_FLOAT."""
+    cdef int t = float_type(x)
+    cdef int ndim, a, k
+    cdef Py_ssize_t size
+    cdef cnp.npy_intp* dims
+    if t == NOT_FLOAT:
+        return NOT_FLOAT
+    ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    size = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    if (ndim < 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) or size == 0 or size >= PARALLEL_MIN_VALUES
+            or type(axis) is not int or not -ndim <= axis < ndim):
+        return NOT_FLOAT
+    a = <int>axis + (ndim if axis < 0 else 0)
+    dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    shape.n_outer = 1
+    for k in range(a):
+        shape.n_outer *= dims[k]
+    shape.C = dims[a]
+    shape.n_inner = size // (shape.n_outer * shape.C)
+    if shape.C == 1 and shape.n_inner == 1:
+        # One channel with nothing after it: one run of n_outer values, as kernel_view turns it.
+        shape.n_inner = shape.n_outer
+        shape.n_outer = 1
+    return t
+
+
+cdef bint read_vector(object a, Py_ssize_t C, double* dst) noexcept:
+    """Copy a 1-D float array of length C into dst as double; False when `a` is anything else."""
+    cdef int t = float_type(a)
+    cdef char* data
+    cdef Py_ssize_t stride, c
+    if t == NOT_FLOAT or cnp.PyArray_NDIM(<cnp.ndarray>a) != 1 or cnp.PyArray_DIMS(<cnp.ndarray>a)[0] != C:
+        return False
+    data = cnp.PyArray_BYTES(<cnp.ndarray>a)
+    stride = cnp.PyArray_STRIDES(<cnp.ndarray>a)[0]
+    for c in range(C):
+        dst[c] = (<float*>(data + c * stride))[0] if t == cnp.NPY_FLOAT else (<double*>(data + c * stride))[0]
+    return True
+
+
+cdef bint read_optional(object a, Py_ssize_t C, double* dst, const double** ptr) noexcept:
+    # None: *ptr = NULL (the kernels read 1 or 0); a vector: read into dst.
+    if a is None:
+        ptr[0] = NULL
+        return True
+    ptr[0] = dst
+    return read_vector(a, C, dst)
+
+
+cdef bint running_buffer(object a, Py_ssize_t C) noexcept:
+    # None, or a writeable 1-D float array of length C (updated in place).
+    return a is None or (float_type(a) != NOT_FLOAT and cnp.PyArray_NDIM(<cnp.ndarray>a) == 1
+                         and cnp.PyArray_DIMS(<cnp.ndarray>a)[0] == C and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a))
+
+
+cdef bint positive_finite(object v) noexcept:
+    return type(v) is float and isfinite(<double>v) and <double>v > 0
+
+
+cdef void update_buffer(object buffer, const double* batch, double factor, double momentum) noexcept:
+    cdef cnp.ndarray b
+    if buffer is None:
+        return
+    b = <cnp.ndarray>buffer
+    if cnp.PyArray_TYPE(b) == cnp.NPY_FLOAT:
+        update_running_into(<float*>cnp.PyArray_DATA(b), cnp.PyArray_STRIDES(b)[0] // sizeof(float),
+                            cnp.PyArray_DIMS(b)[0], batch, factor, momentum)
+    else:
+        update_running_into(<double*>cnp.PyArray_DATA(b), cnp.PyArray_STRIDES(b)[0] // sizeof(double),
+                            cnp.PyArray_DIMS(b)[0], batch, factor, momentum)
+
+
+cdef object channel_array(const double* values, Py_ssize_t C, int t):
+    """A new (C,) array of float type t holding values."""
+    cdef cnp.npy_intp n = C
+    cdef object arr = cnp.PyArray_EMPTY(1, &n, t, 0)
+    if t == cnp.NPY_FLOAT:
+        to_floating(values, C, <float*>cnp.PyArray_DATA(<cnp.ndarray>arr))
+    else:
+        to_floating(values, C, <double*>cnp.PyArray_DATA(<cnp.ndarray>arr))
+    return arr
+
+
+cdef Strides3 contiguous_strides(Shape3 s) noexcept:
+    cdef Strides3 t
+    t.outer = s.C * s.n_inner
+    t.channel = s.n_inner
+    t.inner = 1
+    return t
+
+
+def train(x, weight, bias, axis, eps, running_mean, running_var, momentum):
+    """batch_norm_train(x, weight, bias, axis=axis, eps=eps, running_mean=..., running_var=..., momentum=...)
+    for a small common-case call: (y, mean, invstd), or None when the call is not one."""
+    cdef Shape3 s
+    cdef int t = small_batch(x, axis, &s)
+    cdef double* v
+    cdef const double* w
+    cdef const double* b
+    if t == NOT_FLOAT or not positive_finite(eps) or type(momentum) is not float or not isfinite(<double>momentum):
+        return None
+    if s.n_outer * s.n_inner < 2 or not running_buffer(running_mean, s.C) or not running_buffer(
+            running_var, s.C):
+        return None
+    v = <double*>checked_malloc(N_VECTORS * s.C * sizeof(double))
+    try:
+        if not (read_optional(weight, s.C, v, &w) and read_optional(bias, s.C, v + s.C, &b)):
+            return None
+        y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        if t == cnp.NPY_FLOAT:
+            train_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), w, b, <double>eps,
+                       v + 2 * s.C, v + 3 * s.C, v + 4 * s.C, <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                       contiguous_strides(s), 1)
+        else:
+            train_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), w, b,
+                       <double>eps, v + 2 * s.C, v + 3 * s.C, v + 4 * s.C,
+                       <double*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
+        m = s.n_outer * s.n_inner
+        update_buffer(running_mean, v + 2 * s.C, 1.0, <double>momentum)
+        update_buffer(running_var, v + 3 * s.C, <double>m / <double>(m - 1), <double>momentum)
+        return y, channel_array(v + 2 * s.C, s.C, t), channel_array(v + 4 * s.C, s.C, t)
+    finally:
+        free(v)
+
+
+def eval(x, running_mean, running_var, weight, bias, axis, eps):
+    """batch_norm_eval(x, running_mean, running_var, weight, bias, axis=axis, eps=eps) for a small
+    common-case call: y, or None when the call is not one."""
+    cdef Shape3 s
+    cdef int t = small_batch(x, axis, &s)
+    cdef double* v
+    cdef const double* w
+    cdef const double* b
+    if t == NOT_FLOAT or not positive_finite(eps):
+        return None
+    v = <double*>checked_malloc(N_VECTORS * s.C * sizeof(double))
+    try:
+        if not (read_optional(weight, s.C, v, &w) and read_optional(bias, s.C, v + s.C, &b)
+                and read_vector(running_mean, s.C, v + 2 * s.C) and read_vector(running_var, s.C, v + 3 * s.C)):
+            return None
+        y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        if t == cnp.NPY_FLOAT:
+            eval_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), v + 2 * s.C,
+                      v + 3 * s.C, w, b, <double>eps, <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                      contiguous_strides(s), 1)
+        else:
+            eval_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), v + 2 * s.C,
+                      v + 3 * s.C, w, b, <double>eps, <double*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                      contiguous_strides(s), 1)
+        return y
+    finally:
+        free(v)
+
+
+def backward(dy, x, mean, invstd, weight, axis):
+    """batch_norm_backward(dy, x, mean, invstd, weight, axis=axis) for a small common-case call:
+    (dx, dweight, dbias), or None when the call is not one."""
+    cdef Shape3 s
+    cdef int t = small_batch(x, axis, &s)
+    cdef double* v
+    cdef const double* w
+    if (t == NOT_FLOAT or float_type(dy) != t or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>dy)
+            or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy, <cnp.ndarray>x)):
+        return None
+    v = <double*>checked_malloc(N_VECTORS * s.C * sizeof(double))
+    try:
+        if not (read_optional(weight, s.C, v, &w) and read_vector(mean, s.C, v + s.C)
+                and read_vector(invstd, s.C, v + 2 * s.C)):
+            return None
+        dx = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        if t == cnp.NPY_FLOAT:
+            backward_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), contiguous_strides(s),
+                          <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), v + s.C,
+                          v + 2 * s.C, w, True, v + 3 * s.C, v + 4 * s.C, <float*>cnp.PyArray_DATA(<cnp.ndarray>dx),
+                          contiguous_strides(s), 1)
+        else:
+            backward_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), contiguous_strides(s),
+                          <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), v + s.C,
+                          v + 2 * s.C, w, True, v + 3 * s.C, v + 4 * s.C,
+                          <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), contiguous_strides(s), 1)
+        return dx, channel_array(v + 3 * s.C, s.C, t), channel_array(v + 4 * s.C, s.C, t)
+    finally:
+        free(v)

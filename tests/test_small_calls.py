@@ -1,0 +1,223 @@
+"""Small common-case calls run in compiled code (src/_small_calls.pyx): the same bits as the checked Python path,
+taken only for plain arguments, and declined (None) for anything else so the Python path checks and raises."""
+
+import gc
+import sys
+
+import numpy as np
+import pytest
+
+import bnext
+from bnext import _small_calls as small_calls
+from bn_helpers import KERNEL_NAMES, bitwise_equal, call, copy_params, make_params, random_x
+
+PARALLEL_MIN_VALUES = 32768  # src/_parallel.pxd: the small-call entries take inputs below this many values
+# name -> (shape, channel axis); x C-contiguous in each
+SMALL_SHAPES = {
+    "2x4x1x1": ((2, 4, 1, 1), 1),
+    "NC": ((16, 3), 1),
+    "NCL": ((5, 7, 9), 1),
+    "NCHW": ((4, 6, 5, 5), 1),
+    "NHWC": ((4, 5, 5, 6), -1),
+    "axis0": ((7, 3, 5), 0),
+    "axis-2": ((2, 3, 4, 5), -2),
+    "C1": ((6, 1, 4), 1),
+    "C1_one_run": ((5000, 1), 1),
+    "two_values": ((2, 1), 1),
+    "just_below": ((PARALLEL_MIN_VALUES // 64 - 1, 64), 1),
+}
+ENTRY = {"batch_norm_train": small_calls.train, "batch_norm_eval": small_calls.eval,
+         "batch_norm_backward": small_calls.backward}
+
+
+def entry_args(name, params):
+    """The small-call entry's positional arguments (its signature, not the public one)."""
+    p = params
+    if name == "batch_norm_train":
+        return (p["x"], p["weight"], p["bias"], p["axis"], p["eps"], p["running_mean"], p["running_var"],
+                p["momentum"])
+    if name == "batch_norm_eval":
+        return p["x"], p["running_mean"], p["running_var"], p["weight"], p["bias"], p["axis"], p["eps"]
+    return p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["axis"]
+
+
+def outputs(result, params):
+    """Every array a call produced or updated in place."""
+    arrays = list(result) if isinstance(result, tuple) else [result]
+    return arrays + [params[k] for k in ("running_mean", "running_var") if params.get(k) is not None]
+
+
+def assert_same_bits(a_list, b_list):
+    assert len(a_list) == len(b_list)
+    for i, (a, b) in enumerate(zip(a_list, b_list)):
+        assert bitwise_equal(a, b), f"output {i} differs"
+
+
+def checked_path_result(name, params):
+    """The public call forced through the checked Python path (an out= array is never a small call)."""
+    params = copy_params(params)
+    like = params["dy"] if name == "batch_norm_backward" else params["x"]
+    params["out"] = np.empty_like(like)
+    return outputs(call(getattr(bnext, name), params), params)
+
+
+@pytest.mark.parametrize("shape,axis", SMALL_SHAPES.values(), ids=SMALL_SHAPES.keys())
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_small_call_gives_the_bits_of_the_checked_path(name, shape, axis, dtype, rng):
+    x = random_x(shape, axis, dtype, rng, offset=1e3)
+    params = make_params(name, x, axis, rng)
+    expected = checked_path_result(name, params)
+    assert ENTRY[name](*entry_args(name, copy_params(params))) is not None  # the small path is taken
+    actual = outputs(call(getattr(bnext, name), params), params)
+    assert_same_bits(actual, expected)
+
+
+PARAMETER_FORMS = ("none", "float32", "float64", "strided")
+
+
+def parameter_form(value, form):
+    if form == "none":
+        return None
+    if form == "strided":
+        wide = np.zeros(2 * value.size, value.dtype)
+        wide[::2] = value
+        return wide[::2]
+    return value.astype(form)
+
+
+@pytest.mark.parametrize("form", PARAMETER_FORMS)
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_small_call_reads_every_parameter_form(name, form, dtype, rng):
+    """weight/bias absent, of the other dtype or strided; running buffers of either dtype."""
+    x = random_x((8, 3, 4), 1, dtype, rng, offset=-50.0)
+    params = make_params(name, x, 1, rng)
+    for key in ("weight", "bias"):
+        if key in params:
+            params[key] = parameter_form(params[key], form)
+    if name != "batch_norm_backward" and form != "none":
+        for key in ("running_mean", "running_var"):
+            params[key] = parameter_form(params[key], form)
+    expected = checked_path_result(name, params)
+    assert ENTRY[name](*entry_args(name, copy_params(params))) is not None
+    assert_same_bits(outputs(call(getattr(bnext, name), params), params), expected)
+
+
+@pytest.mark.parametrize("kind", ("nan", "inf", "constant", "offset_1e6"))
+def test_small_train_on_hostile_values_matches_the_checked_path(kind, dtype, rng):
+    x = random_x((6, 4, 3), 1, dtype, rng)
+    if kind == "nan":
+        x[2, 1, 0] = np.nan
+    elif kind == "inf":
+        x[0, 2, 1] = np.inf
+    elif kind == "constant":
+        x[:, 3] = 7.25
+    else:
+        x = (x + 1e6).astype(dtype)
+    params = make_params("batch_norm_train", x, 1, rng)
+    expected = checked_path_result("batch_norm_train", params)
+    assert_same_bits(outputs(call(bnext.batch_norm_train, params), params), expected)
+
+
+def uncommon(name, kind, params):
+    """params with one argument out of the common form (the call may still be valid, or not)."""
+    p = copy_params(params)
+    x = p["x"]
+    if kind == "list_x":
+        p["x"] = x.tolist()
+    elif kind == "fortran_x":
+        p["x"] = np.asfortranarray(x)
+    elif kind == "byteswapped_x":
+        p["x"] = x.astype(x.dtype.newbyteorder())
+    elif kind == "float16_x":
+        p["x"] = x.astype(np.float16)
+    elif kind == "subclass_x":
+        p["x"] = x.view(np.ma.MaskedArray)
+    elif kind == "axis_out_of_range":
+        p["axis"] = 3
+    elif kind == "bool_axis":
+        p["axis"] = True
+    elif kind == "numpy_int_axis":
+        p["axis"] = np.int64(1)
+    elif kind == "huge_axis":
+        p["axis"] = 2**70
+    elif kind == "numpy_float_eps":
+        p["eps"] = np.float64(1e-5)
+    elif kind == "zero_eps":
+        p["eps"] = 0.0
+    elif kind == "nan_eps":
+        p["eps"] = float("nan")
+    elif kind == "short_weight":
+        p["weight"] = p["weight"][:-1]
+    elif kind == "2d_weight":
+        p["weight"] = p["weight"].reshape(1, -1)
+    elif kind == "list_weight":
+        p["weight"] = p["weight"].tolist()
+    elif kind == "big_x":
+        p["x"] = np.zeros((PARALLEL_MIN_VALUES // 4, 4), x.dtype)
+        if "dy" in p:
+            p["dy"] = np.zeros_like(p["x"])
+    return p
+
+
+UNCOMMON = ("list_x", "fortran_x", "byteswapped_x", "float16_x", "subclass_x", "axis_out_of_range", "bool_axis",
+            "numpy_int_axis", "huge_axis", "numpy_float_eps", "zero_eps", "nan_eps", "short_weight", "2d_weight", "list_weight",
+            "big_x")
+ENTRY_KINDS = {
+    "batch_norm_train": UNCOMMON + ("inf_momentum", "readonly_running_var", "one_value_per_channel"),
+    "batch_norm_eval": UNCOMMON + ("short_running_mean",),
+    "batch_norm_backward": tuple(k for k in UNCOMMON if "eps" not in k) + ("float64_dy", "fortran_dy"),
+}
+
+
+def uncommon_for(name, kind, params):
+    p = uncommon(name, kind, params)
+    if kind == "inf_momentum":
+        p["momentum"] = float("inf")
+    elif kind == "readonly_running_var":
+        p["running_var"].flags.writeable = False
+    elif kind == "one_value_per_channel":
+        p["x"] = p["x"][:1, :, :1].copy()
+    elif kind == "short_running_mean":
+        p["running_mean"] = p["running_mean"][:-1]
+    elif kind == "float64_dy":
+        p["dy"] = p["dy"].astype(np.float64)
+    elif kind == "fortran_dy":
+        p["dy"] = np.asfortranarray(p["dy"])
+    return p
+
+
+@pytest.mark.parametrize("name,kind", [(n, k) for n, kinds in ENTRY_KINDS.items() for k in kinds])
+def test_uncommon_arguments_are_declined(name, kind, rng):
+    x = random_x((4, 3, 5), 1, np.float32, rng)
+    params = uncommon_for(name, kind, make_params(name, x, 1, rng))
+    if kind == "float64_dy":  # the dtypes must agree; float32 x with float64 dy is cast on the Python path
+        assert params["dy"].dtype != params["x"].dtype
+    before = copy_params(params)
+    assert ENTRY[name](*entry_args(name, params)) is None
+    for key, value in params.items():  # a declined call wrote nothing
+        if isinstance(value, np.ndarray):
+            assert np.array_equal(value, before[key], equal_nan=True), key
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_small_calls_do_not_leak_references(name, rng):
+    x = random_x((4, 3, 5), 1, np.float32, rng)
+    params = make_params(name, x, 1, rng)
+    call(getattr(bnext, name), params)
+    gc.collect()
+    counted = sorted(k for k, v in params.items() if isinstance(v, np.ndarray))
+    before = [sys.getrefcount(params[k]) for k in counted]
+    for _ in range(300):
+        call(getattr(bnext, name), params)
+    gc.collect()
+    assert [sys.getrefcount(params[k]) for k in counted] == before
+
+
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_small_call_outputs_are_new_arrays_of_x_dtype(name, dtype, rng):
+    x = random_x((4, 3, 5), 1, dtype, rng)
+    params = make_params(name, x, 1, rng)
+    result = call(getattr(bnext, name), params)
+    for out in (result if isinstance(result, tuple) else (result,)):
+        assert out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable and out.flags.owndata
+        assert not any(np.shares_memory(out, v) for v in params.values() if isinstance(v, np.ndarray))
