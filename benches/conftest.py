@@ -2,8 +2,9 @@
 
 Profiles, chosen with the environment variable ``BNEXT_BENCH_PROFILE``:
 
-- ``small`` (default): two tiny shapes, float32, 1 thread. The normal test run (``--benchmark-disable``
-  in the pytest config) calls each benchmark once, so the suite cannot rot; this keeps that quick.
+- ``small`` (default): three tiny shapes (one is the per-call cost case (2, 4, 1, 1)), float32, 1 thread.
+  The normal test run (``--benchmark-disable`` in the pytest config) calls each benchmark once, so the
+  suite cannot rot; this keeps that quick.
 - ``full``: every shape of the performance issue, float32 and float64, 1 and 2 threads.
 
 Run the timings with ``python -m pytest benches/ --benchmark-only`` (add ``--benchmark-json FILE``

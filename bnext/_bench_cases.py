@@ -49,11 +49,12 @@ FULL_SHAPES = (
     (256, 1024),
     (64, 64, 112, 112),
     (64, 196, 768),  # the transformer shape of the siblings' targets: layer norm over 768
+    (2, 4, 1, 1),  # a call on a few values: what the checks and dispatch around the kernels cost
 )
-# `python -m bnext bench --quick`: one large activation, one many-channel, one 2-D; a few seconds in all.
-QUICK_SHAPES = ((32, 64, 56, 56), (128, 512, 7, 7), (256, 1024))
+# `python -m bnext bench --quick`: one large activation, one many-channel, one 2-D, one tiny; seconds in all.
+QUICK_SHAPES = ((32, 64, 56, 56), (128, 512, 7, 7), (256, 1024), (2, 4, 1, 1))
 # The pytest suite's default profile, run once per test by every `python -m pytest`: tiny on purpose.
-SMALL_SHAPES = ((8, 16, 16, 16), (64, 128))
+SMALL_SHAPES = ((8, 16, 16, 16), (64, 128), (2, 4, 1, 1))
 
 EPS = 1e-5
 MOMENTUM = 0.1
