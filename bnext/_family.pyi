@@ -9,6 +9,8 @@ from numpy.typing import NDArray
 
 _Floats = NDArray[np.floating[Any]]  # float32 or float64, the same for every data argument of a call
 
+SHORT_LAYER_ROW: int  # layer norm rows of at most this many values take batch_stats + column_affine
+
 def column_affine(x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.float64],
                   weight: NDArray[np.float64], bias: NDArray[np.float64], y_out: _Floats,
                   n_threads: int) -> None: ...

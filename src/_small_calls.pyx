@@ -1,14 +1,15 @@
-# Small calls: the common case of each batch-norm entry point, recognized and run without Python-level work.
+# Small calls: the common case of the batch-norm entry points and of layer and group norm's forward,
+# recognized and run without Python-level work.
 #
 # On a few values a call costs what happens around the kernels: Python argument checks, allocation, views
 # and typed-memoryview conversions, OpenMP regions (about 20 us of a 23 us (2, 4, 1, 1) training call). For
-# inputs under PARALLEL_MIN_VALUES values - which the kernels run on one thread anyway - bnext/batch_norm.py
-# first offers its arguments here. A call is taken when every argument is in its plain form: exact ndarrays
+# inputs under PARALLEL_MIN_VALUES values - which the kernels run on one thread anyway - the public functions
+# (bnext/batch_norm.py, layer_norm.py, group_norm.py) first offer their arguments here. A call is taken when every argument is in its plain form: exact ndarrays
 # of native, aligned float32/float64, x C-contiguous (channels on any axis), float eps and momentum, no out.
 # Anything else returns None and takes the Python path, which checks everything and raises the errors: so
 # nothing here raises for bad input, an argument that is not plainly valid is just not the common case.
 #
-# This module is the kernel source (included below) built a fourth time, without OpenMP and SIMD flags
+# This module is the kernel sources (included below) built a fourth time, without OpenMP and SIMD flags
 # (setup.py): small inputs gain nothing from either, and entering an OpenMP region costs ~0.3 us even on one
 # thread. The arithmetic is the kernels' own, and every build rounds the same way (-ffp-contract=off): the
 # results are bitwise those of the Python path.
@@ -18,6 +19,7 @@ from libc.math cimport isfinite
 from _parallel cimport PARALLEL_MIN_VALUES
 
 include "_batch_norm_kernels.pxi"
+include "_family_kernels.pxi"
 
 cnp.import_array()
 
@@ -70,16 +72,40 @@ cdef int small_batch(object x, object axis, Shape3* shape) noexcept:
 
 cdef bint read_vector(object a, Py_ssize_t C, double* dst) noexcept:
     """Copy a 1-D float array of length C into dst as double; False when `a` is anything else."""
+    cdef cnp.npy_intp n = C
+    return read_values(a, 1, &n, C, dst)
+
+
+cdef bint read_values(object a, int ndim, const cnp.npy_intp* dims, Py_ssize_t n, double* dst) noexcept:
+    """Copy a float array of shape dims (n values) into dst as double, in C order; False when `a` is anything
+    else (or is a strided array of more than one dimension)."""
     cdef int t = float_type(a)
     cdef char* data
-    cdef Py_ssize_t stride, c
-    if t == NOT_FLOAT or cnp.PyArray_NDIM(<cnp.ndarray>a) != 1 or cnp.PyArray_DIMS(<cnp.ndarray>a)[0] != C:
+    cdef Py_ssize_t stride, i
+    cdef int k
+    if t == NOT_FLOAT or cnp.PyArray_NDIM(<cnp.ndarray>a) != ndim:
+        return False
+    for k in range(ndim):
+        if cnp.PyArray_DIMS(<cnp.ndarray>a)[k] != dims[k]:
+            return False
+    if ndim > 1 and not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a):
         return False
     data = cnp.PyArray_BYTES(<cnp.ndarray>a)
-    stride = cnp.PyArray_STRIDES(<cnp.ndarray>a)[0]
-    for c in range(C):
-        dst[c] = (<float*>(data + c * stride))[0] if t == cnp.NPY_FLOAT else (<double*>(data + c * stride))[0]
+    stride = cnp.PyArray_STRIDES(<cnp.ndarray>a)[ndim - 1]
+    for i in range(n):
+        dst[i] = (<float*>(data + i * stride))[0] if t == cnp.NPY_FLOAT else (<double*>(data + i * stride))[0]
     return True
+
+
+cdef bint read_or_fill(object a, int ndim, const cnp.npy_intp* dims, Py_ssize_t n, double fill,
+                       double* dst) noexcept:
+    # None: n copies of fill (the row kernels always read a weight and a bias).
+    cdef Py_ssize_t i
+    if a is None:
+        for i in range(n):
+            dst[i] = fill
+        return True
+    return read_values(a, ndim, dims, n, dst)
 
 
 cdef bint read_optional(object a, Py_ssize_t C, double* dst, const double** ptr) noexcept:
@@ -117,11 +143,17 @@ cdef void update_buffer(object buffer, const double* batch, double factor, doubl
 cdef object channel_array(const double* values, Py_ssize_t C, int t):
     """A new (C,) array of float type t holding values."""
     cdef cnp.npy_intp n = C
-    cdef object arr = cnp.PyArray_EMPTY(1, &n, t, 0)
+    return stat_array(values, 1, &n, t)
+
+
+cdef object stat_array(const double* values, int ndim, cnp.npy_intp* dims, int t):
+    """A new array of shape dims and float type t holding values (C order)."""
+    cdef object arr = cnp.PyArray_EMPTY(ndim, dims, t, 0)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>arr)
     if t == cnp.NPY_FLOAT:
-        to_floating(values, C, <float*>cnp.PyArray_DATA(<cnp.ndarray>arr))
+        to_floating(values, n, <float*>cnp.PyArray_DATA(<cnp.ndarray>arr))
     else:
-        to_floating(values, C, <double*>cnp.PyArray_DATA(<cnp.ndarray>arr))
+        to_floating(values, n, <double*>cnp.PyArray_DATA(<cnp.ndarray>arr))
     return arr
 
 
@@ -223,5 +255,123 @@ def backward(dy, x, mean, invstd, weight, axis):
                           v + 2 * s.C, w, True, v + 3 * s.C, v + 4 * s.C,
                           <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), contiguous_strides(s), 1)
         return dx, channel_array(v + 3 * s.C, s.C, t), channel_array(v + 4 * s.C, s.C, t)
+    finally:
+        free(v)
+
+
+cdef int trailing_count(object normalized_shape, int ndim, const cnp.npy_intp* dims) noexcept:
+    """How many trailing dims of x normalized_shape names, when it is an int or a tuple of ints equal to them
+    (at least one); else 0."""
+    cdef int k, j
+    if type(normalized_shape) is int:
+        return 1 if normalized_shape == dims[ndim - 1] else 0
+    if type(normalized_shape) is not tuple:
+        return 0
+    k = len(normalized_shape)
+    if k == 0 or k > ndim:
+        return 0
+    for j in range(k):
+        item = (<tuple>normalized_shape)[j]
+        if type(item) is not int or item != dims[ndim - k + j]:
+            return 0
+    return k
+
+
+cdef int layer_norm_rows(const floating* px, floating* py, Py_ssize_t n_rows, Py_ssize_t length,
+                         const double* weight, const double* bias, double eps, double* mean, double* var,
+                         double* invstd) except -1:
+    # As bnext/layer_norm.py: short rows take batch_stats' path on the (1, rows, length) view + column_affine.
+    cdef Shape3 s
+    cdef Strides3 xs
+    cdef Py_ssize_t r
+    if length > LAYER_NORM_SHORT_ROW:
+        return layer_norm_forward_into(px, n_rows, length, length, weight, bias, eps, mean, var, invstd, py,
+                                       length, 1)
+    s.n_outer, s.C, s.n_inner = 1, n_rows, length
+    xs.outer, xs.channel, xs.inner = n_rows * length, length, 1
+    stats_into(px, s, xs, mean, var, 1)
+    for r in range(n_rows):
+        invstd[r] = 1.0 / sqrt(var[r] + eps)
+    return column_affine_into(px, n_rows, length, length, mean, invstd, weight, bias, py, length, 1)
+
+
+def layer_norm(x, normalized_shape, weight, bias, eps):
+    """bnext.layer_norm(x, normalized_shape, weight, bias, eps=eps) for a small common-case call:
+    (y, mean, invstd), or None when the call is not one."""
+    cdef int t = float_type(x)
+    cdef int ndim, k, j
+    cdef Py_ssize_t size, length = 1, n_rows
+    cdef cnp.npy_intp* dims
+    cdef double* v
+    if t == NOT_FLOAT or not positive_finite(eps) or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
+        return None
+    size = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    k = trailing_count(normalized_shape, ndim, dims) if ndim > 0 else 0
+    if k == 0 or size == 0 or size >= PARALLEL_MIN_VALUES:
+        return None
+    for j in range(ndim - k, ndim):
+        length *= dims[j]
+    n_rows = size // length
+    # weight, bias (length values each), then mean, var, invstd (a value per row)
+    v = <double*>checked_malloc((2 * length + 3 * n_rows) * sizeof(double))
+    try:
+        if not (read_or_fill(weight, k, dims + ndim - k, length, 1.0, v)
+                and read_or_fill(bias, k, dims + ndim - k, length, 0.0, v + length)):
+            return None
+        y = cnp.PyArray_EMPTY(ndim, dims, t, 0)
+        if t == cnp.NPY_FLOAT:
+            layer_norm_rows(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                            n_rows, length, v, v + length, <double>eps, v + 2 * length, v + 2 * length + n_rows,
+                            v + 2 * length + 2 * n_rows)
+        else:
+            layer_norm_rows(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
+                            <double*>cnp.PyArray_DATA(<cnp.ndarray>y), n_rows, length, v, v + length, <double>eps,
+                            v + 2 * length, v + 2 * length + n_rows, v + 2 * length + 2 * n_rows)
+        return (y, stat_array(v + 2 * length, ndim - k, dims, t),
+                stat_array(v + 2 * length + 2 * n_rows, ndim - k, dims, t))
+    finally:
+        free(v)
+
+
+def group_norm(x, num_groups, weight, bias, eps):
+    """bnext.group_norm(x, num_groups, weight, bias, eps=eps) for a small common-case call:
+    (y, mean, invstd), or None when the call is not one."""
+    cdef int t = float_type(x)
+    cdef Py_ssize_t size, N, C, G, n_rows, length
+    cdef cnp.npy_intp stat_dims[2]
+    cdef double* v
+    if (t == NOT_FLOAT or not positive_finite(eps) or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)):
+        return None
+    size = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    N = cnp.PyArray_DIMS(<cnp.ndarray>x)[0]
+    C = cnp.PyArray_DIMS(<cnp.ndarray>x)[1]
+    if size == 0 or size >= PARALLEL_MIN_VALUES or type(num_groups) is not int or not 1 <= num_groups <= C:
+        return None
+    G = num_groups
+    if C % G:
+        return None
+    n_rows = N * G
+    length = size // n_rows
+    # weight, bias (C values each), then mean, var, invstd (a value per (sample, group) row)
+    v = <double*>checked_malloc((2 * C + 3 * n_rows) * sizeof(double))
+    try:
+        if not (read_or_fill(weight, 1, cnp.PyArray_DIMS(<cnp.ndarray>x) + 1, C, 1.0, v)
+                and read_or_fill(bias, 1, cnp.PyArray_DIMS(<cnp.ndarray>x) + 1, C, 0.0, v + C)):
+            return None
+        y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        if t == cnp.NPY_FLOAT:
+            group_norm_forward_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), n_rows, length, length,
+                                    size // (N * C), C, v, v + C, <double>eps, v + 2 * C, v + 2 * C + n_rows,
+                                    v + 2 * C + 2 * n_rows, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), length, 1)
+        else:
+            group_norm_forward_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), n_rows, length, length,
+                                    size // (N * C), C, v, v + C, <double>eps, v + 2 * C, v + 2 * C + n_rows,
+                                    v + 2 * C + 2 * n_rows, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), length, 1)
+        stat_dims[0] = N
+        stat_dims[1] = G
+        return y, stat_array(v + 2 * C, 2, stat_dims, t), stat_array(v + 2 * C + 2 * n_rows, 2, stat_dims, t)
     finally:
         free(v)

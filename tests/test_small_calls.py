@@ -221,3 +221,88 @@ def test_small_call_outputs_are_new_arrays_of_x_dtype(name, dtype, rng):
     for out in (result if isinstance(result, tuple) else (result,)):
         assert out.dtype == dtype and out.flags.c_contiguous and out.flags.writeable and out.flags.owndata
         assert not any(np.shares_memory(out, v) for v in params.values() if isinstance(v, np.ndarray))
+
+
+# ----------------------------------------------------------------- layer and group norm forward
+
+# name -> (shape, normalized_shape): rows short (batch_stats + column_affine) and long (the fused row kernel)
+LAYER_CASES = {
+    "rows_of_4": ((6, 4), 4),
+    "rows_of_16": ((5, 16), (16,)),
+    "rows_of_17": ((5, 17), 17),
+    "rows_of_768": ((3, 768), 768),
+    "two_dims": ((4, 3, 5), (3, 5)),
+    "whole_array": ((3, 5), (3, 5)),
+    "1d": ((40,), 40),
+}
+# name -> (shape, num_groups)
+GROUP_CASES = {
+    "2x4x1x1": ((2, 4, 1, 1), 2),
+    "NC": ((5, 6), 3),
+    "NCHW": ((2, 8, 4, 4), 4),
+    "one_group": ((3, 4, 5), 1),
+    "instance": ((3, 4, 5), 4),
+}
+FORMS = ("none", "float32", "float64")
+
+
+def family_params(name, x, rng, case, form):
+    """Keyword arguments of layer_norm / group_norm with weight and bias in `form` (or None)."""
+    shape = (case,) if isinstance(case, int) else case
+    param_shape = shape if name == "layer_norm" else (x.shape[1],)
+    params = {"weight": None, "bias": None}
+    if form != "none":
+        params["weight"] = (1 + 0.1 * rng.standard_normal(param_shape)).astype(form)
+        params["bias"] = (0.1 * rng.standard_normal(param_shape)).astype(form)
+    return params
+
+
+def family_call(name, x, case, params, **extra):
+    function = getattr(bnext, name)
+    return function(x, case, params["weight"], params["bias"], **extra)
+
+
+FAMILY = [("layer_norm", k, v) for k, v in LAYER_CASES.items()] + [("group_norm", k, v) for k, v in GROUP_CASES.items()]
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("name,case_id,case", FAMILY, ids=[f"{n}-{k}" for n, k, _ in FAMILY])
+def test_small_family_call_gives_the_bits_of_the_checked_path(name, case_id, case, form, dtype, rng):
+    shape, arg = case
+    x = random_x(shape, 0, dtype, rng, offset=300.0)
+    params = family_params(name, x, rng, arg, form)
+    entry = getattr(small_calls, name)
+    assert entry(x, arg, params["weight"], params["bias"], 1e-5) is not None  # the small path is taken
+    expected = family_call(name, x, arg, params, out=np.empty_like(x))
+    actual = family_call(name, x, arg, params)
+    assert_same_bits(list(actual), list(expected))
+
+
+FAMILY_UNCOMMON = {
+    "layer_norm": {"list_shape": lambda p: {**p, "arg": list(p["arg"]) if isinstance(p["arg"], tuple) else [p["arg"]]},
+                   "wrong_shape": lambda p: {**p, "arg": 7},
+                   "numpy_int_shape": lambda p: {**p, "arg": np.int64(p["x"].shape[-1])},
+                   "fortran_x": lambda p: {**p, "x": np.asfortranarray(p["x"])},
+                   "short_weight": lambda p: {**p, "weight": p["weight"][:-1]},
+                   "zero_eps": lambda p: {**p, "eps": 0.0}},
+    "group_norm": {"indivisible": lambda p: {**p, "arg": 3},
+                   "zero_groups": lambda p: {**p, "arg": 0},
+                   "too_many_groups": lambda p: {**p, "arg": 8},
+                   "numpy_int_groups": lambda p: {**p, "arg": np.int64(2)},
+                   "1d_x": lambda p: {**p, "x": p["x"].ravel()},
+                   "short_weight": lambda p: {**p, "weight": p["weight"][:-1]},
+                   "float16_x": lambda p: {**p, "x": p["x"].astype(np.float16)},
+                   "big_x": lambda p: {**p, "x": np.zeros((PARALLEL_MIN_VALUES // 4, 4), np.float32)}},
+}
+FAMILY_KINDS = [(n, k) for n, kinds in FAMILY_UNCOMMON.items() for k in kinds]
+
+
+@pytest.mark.parametrize("name,kind", FAMILY_KINDS, ids=[f"{n}-{k}" for n, k in FAMILY_KINDS])
+def test_uncommon_family_arguments_are_declined(name, kind, rng):
+    x = random_x((4, 4, 3), 0, np.float32, rng)
+    arg = (4, 3) if name == "layer_norm" else 2
+    p = {"x": x, "arg": arg, "eps": 1e-5, **family_params(name, x, rng, arg, "float32")}
+    if name == "layer_norm" and kind == "short_weight":
+        p["weight"] = p["weight"].ravel()
+    p = FAMILY_UNCOMMON[name][kind](p)
+    assert getattr(small_calls, name)(p["x"], p["arg"], p["weight"], p["bias"], p["eps"]) is None
