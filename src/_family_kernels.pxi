@@ -299,12 +299,15 @@ def layer_norm_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, con
     With g = weight * dy and m = length: dx = invstd * (g - sum(g) / m - x_hat * sum(g * x_hat) / m) per row.
     dx_out may be dy or x itself.
     """
-    cdef Py_ssize_t n_rows = x.shape[0], length = x.shape[1]
-    cdef Py_ssize_t xs = x.strides[0] // sizeof(floating), gs = dy.strides[0] // sizeof(floating)
-    cdef Py_ssize_t ds = dx_out.strides[0] // sizeof(floating)
-    cdef const floating* px = &x[0, 0]
-    cdef const floating* pg = &dy[0, 0]
-    cdef floating* pd = &dx_out[0, 0]
+    layer_norm_gradient_into(&dy[0, 0], dy.strides[0] // sizeof(floating), &x[0, 0],
+                             x.strides[0] // sizeof(floating), x.shape[0], x.shape[1], &mean[0], &invstd[0], &weight[0], &dx_out[0, 0],
+                             dx_out.strides[0] // sizeof(floating), &dweight_out[0], &dbias_out[0], n_threads)
+
+
+cdef int layer_norm_gradient_into(const floating* pg, Py_ssize_t gs, const floating* px, Py_ssize_t xs,
+                                  Py_ssize_t n_rows, Py_ssize_t length, const double* mean, const double* invstd,
+                                  const double* weight, floating* pd, Py_ssize_t ds, double* dweight_out,
+                                  double* dbias_out, int n_threads) except -1:
     cdef Py_ssize_t R = column_rows_per_block(n_rows)
     cdef Py_ssize_t n_blocks = (n_rows + R - 1) // R
     cdef double* parts = <double*>family_malloc(2 * n_blocks * length * sizeof(double))
@@ -318,7 +321,7 @@ def layer_norm_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, con
             for k in prange(n_blocks, num_threads=n_threads, schedule="static",
                             use_threads_if=n_threads > 1):
                 layer_norm_gradient_block(pg, gs, px, xs, pd, ds, k * R, min(R, n_rows - k * R), length,
-                                          &mean[0], &invstd[0], &weight[0], weight_f,
+                                          mean, invstd, weight, weight_f,
                                           parts + 2 * k * length, parts + (2 * k + 1) * length)
             for i in prange(length, num_threads=n_threads, schedule="static",
                             use_threads_if=n_threads > 1):
@@ -330,6 +333,7 @@ def layer_norm_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, con
     finally:
         free(parts)
         free(weight_f)
+    return 0
 
 
 cdef void layer_norm_gradient_block(const floating* dy, Py_ssize_t gs, const floating* x, Py_ssize_t xs,

@@ -1,5 +1,5 @@
-# Small calls: the common case of the batch-norm entry points and of layer and group norm's forward,
-# recognized and run without Python-level work.
+# Small calls: the common case of the batch-norm entry points, layer norm and its backward, and group norm's
+# forward, recognized and run without Python-level work.
 #
 # On a few values a call costs what happens around the kernels: Python argument checks, allocation, views
 # and typed-memoryview conversions, OpenMP regions (about 20 us of a 23 us (2, 4, 1, 1) training call). For
@@ -91,7 +91,7 @@ cdef bint read_values(object a, int ndim, const cnp.npy_intp* dims, Py_ssize_t n
     if ndim > 1 and not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a):
         return False
     data = cnp.PyArray_BYTES(<cnp.ndarray>a)
-    stride = cnp.PyArray_STRIDES(<cnp.ndarray>a)[ndim - 1]
+    stride = cnp.PyArray_STRIDES(<cnp.ndarray>a)[ndim - 1] if ndim > 0 else 0
     for i in range(n):
         dst[i] = (<float*>(data + i * stride))[0] if t == cnp.NPY_FLOAT else (<double*>(data + i * stride))[0]
     return True
@@ -373,5 +373,51 @@ def group_norm(x, num_groups, weight, bias, eps):
         stat_dims[0] = N
         stat_dims[1] = G
         return y, stat_array(v + 2 * C, 2, stat_dims, t), stat_array(v + 2 * C + 2 * n_rows, 2, stat_dims, t)
+    finally:
+        free(v)
+
+
+def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape):
+    """bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=...) for a small common-case
+    call: (dx, dweight, dbias), or None when the call is not one. mean and invstd of shape
+    x.shape[:-len(normalized_shape)] (as layer_norm returns them)."""
+    cdef int t = float_type(x)
+    cdef int ndim, k, j
+    cdef Py_ssize_t size, length = 1, n_rows
+    cdef cnp.npy_intp* dims
+    cdef double* v
+    if (t == NOT_FLOAT or float_type(dy) != t or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>dy) or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy,
+                                                                                          <cnp.ndarray>x)):
+        return None
+    size = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    k = trailing_count(normalized_shape, ndim, dims) if ndim > 0 else 0
+    if k == 0 or size == 0 or size >= PARALLEL_MIN_VALUES:
+        return None
+    for j in range(ndim - k, ndim):
+        length *= dims[j]
+    n_rows = size // length
+    # weight, dweight, dbias (length values each), then mean and invstd (a value per row)
+    v = <double*>checked_malloc((3 * length + 2 * n_rows) * sizeof(double))
+    try:
+        if not (read_or_fill(weight, k, dims + ndim - k, length, 1.0, v)
+                and read_values(mean, ndim - k, dims, n_rows, v + 3 * length)
+                and read_values(invstd, ndim - k, dims, n_rows, v + 3 * length + n_rows)):
+            return None
+        dx = cnp.PyArray_EMPTY(ndim, dims, t, 0)
+        if t == cnp.NPY_FLOAT:
+            layer_norm_gradient_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), length,
+                                     <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), length, n_rows, length,
+                                     v + 3 * length, v + 3 * length + n_rows, v,
+                                     <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), length, v + length, v + 2 * length, 1)
+        else:
+            layer_norm_gradient_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), length,
+                                     <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), length, n_rows, length,
+                                     v + 3 * length, v + 3 * length + n_rows, v,
+                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), length, v + length, v + 2 * length,
+                                     1)
+        return dx, stat_array(v + length, k, dims + ndim - k, t), stat_array(v + 2 * length, k, dims + ndim - k, t)
     finally:
         free(v)

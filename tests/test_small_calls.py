@@ -306,3 +306,42 @@ def test_uncommon_family_arguments_are_declined(name, kind, rng):
         p["weight"] = p["weight"].ravel()
     p = FAMILY_UNCOMMON[name][kind](p)
     assert getattr(small_calls, name)(p["x"], p["arg"], p["weight"], p["bias"], p["eps"]) is None
+
+
+LAYER_BACKWARD_CASES = {k: LAYER_CASES[k] for k in ("rows_of_4", "rows_of_17", "rows_of_768", "two_dims",
+                                                     "whole_array", "1d")}
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", LAYER_BACKWARD_CASES.values(), ids=LAYER_BACKWARD_CASES.keys())
+def test_small_layer_norm_backward_gives_the_bits_of_the_checked_path(case, form, dtype, rng):
+    shape, arg = case
+    x = random_x(shape, 0, dtype, rng, offset=-40.0)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = family_params("layer_norm", x, rng, arg, form)["weight"]
+    _, mean, invstd = bnext.layer_norm(x, arg)
+    assert small_calls.layer_norm_backward(dy, x, mean, invstd, weight, arg) is not None
+    expected = bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=arg, out=np.empty_like(x))
+    actual = bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=arg)
+    assert_same_bits(list(actual), list(expected))
+
+
+BIG_ROWS = PARALLEL_MIN_VALUES // 12 + 1  # rows of 12 values: just over the small-call size
+LAYER_BACKWARD_UNCOMMON = {
+    "float64_dy": lambda p: {**p, "dy": p["dy"].astype(np.float64)},
+    "fortran_dy": lambda p: {**p, "dy": np.asfortranarray(p["dy"])},
+    "keepdim_mean": lambda p: {**p, "mean": p["mean"][..., None, None]},
+    "short_invstd": lambda p: {**p, "invstd": p["invstd"][:-1]},
+    "list_shape": lambda p: {**p, "arg": [4, 3]},
+    "big_x": lambda p: {**p, "x": np.zeros((BIG_ROWS, 4, 3), np.float32), "dy": np.zeros((BIG_ROWS, 4, 3), np.float32),
+                        "mean": np.zeros(BIG_ROWS), "invstd": np.ones(BIG_ROWS)},
+}
+
+
+@pytest.mark.parametrize("kind", LAYER_BACKWARD_UNCOMMON)
+def test_uncommon_layer_norm_backward_arguments_are_declined(kind, rng):
+    x = random_x((4, 4, 3), 0, np.float32, rng)
+    _, mean, invstd = bnext.layer_norm(x, (4, 3))
+    p = {"dy": np.ones_like(x), "x": x, "mean": mean, "invstd": invstd, "weight": None, "arg": (4, 3)}
+    p = LAYER_BACKWARD_UNCOMMON[kind](p)
+    assert small_calls.layer_norm_backward(p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["arg"]) is None
