@@ -295,44 +295,72 @@ cdef int layer_norm_rows(const floating* px, floating* py, Py_ssize_t n_rows, Py
     return column_affine_into(px, n_rows, length, length, mean, invstd, weight, bias, py, length, 1)
 
 
+cdef struct LayerRows:
+    # A small C-contiguous x (ndim, dims) seen as n_rows rows of length values over its k trailing dims:
+    # the statistics have the leading ndim - k dims, the weight the trailing k (param_dims).
+    int ndim
+    cnp.npy_intp* dims
+    int k
+    cnp.npy_intp* param_dims
+    Py_ssize_t length
+    Py_ssize_t n_rows
+
+
+cdef int small_layer_rows(object x, object normalized_shape, LayerRows* rows) noexcept:
+    """x's float type when x is a small C-contiguous array whose trailing dims normalized_shape names, with
+    *rows set; else NOT_FLOAT."""
+    cdef int t = float_type(x)
+    cdef int j
+    cdef Py_ssize_t size
+    if t == NOT_FLOAT or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
+        return NOT_FLOAT
+    size = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    rows.ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
+    rows.dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
+    rows.k = trailing_count(normalized_shape, rows.ndim, rows.dims) if rows.ndim > 0 else 0
+    if rows.k == 0 or size == 0 or size >= PARALLEL_MIN_VALUES:
+        return NOT_FLOAT
+    rows.param_dims = rows.dims + rows.ndim - rows.k
+    rows.length = 1
+    for j in range(rows.ndim - rows.k, rows.ndim):
+        rows.length *= rows.dims[j]
+    rows.n_rows = size // rows.length
+    return t
+
+
 def layer_norm(x, normalized_shape, weight, bias, eps):
     """bnext.layer_norm(x, normalized_shape, weight, bias, eps=eps) for a small common-case call:
     (y, mean, invstd), or None when the call is not one."""
-    cdef int t = float_type(x)
-    cdef int ndim, k, j
-    cdef Py_ssize_t size, length = 1, n_rows
-    cdef cnp.npy_intp* dims
-    cdef double* v
-    if t == NOT_FLOAT or not positive_finite(eps) or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
+    cdef LayerRows rows
+    cdef int t = small_layer_rows(x, normalized_shape, &rows)
+    cdef double* w
+    cdef double* b
+    cdef double* mean
+    cdef double* var
+    cdef double* invstd
+    if t == NOT_FLOAT or not positive_finite(eps):
         return None
-    size = cnp.PyArray_SIZE(<cnp.ndarray>x)
-    ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
-    dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
-    k = trailing_count(normalized_shape, ndim, dims) if ndim > 0 else 0
-    if k == 0 or size == 0 or size >= PARALLEL_MIN_VALUES:
-        return None
-    for j in range(ndim - k, ndim):
-        length *= dims[j]
-    n_rows = size // length
-    # weight, bias (length values each), then mean, var, invstd (a value per row)
-    v = <double*>checked_malloc((2 * length + 3 * n_rows) * sizeof(double))
+    w = <double*>checked_malloc((2 * rows.length + 3 * rows.n_rows) * sizeof(double))
+    b = w + rows.length
+    mean = b + rows.length
+    var = mean + rows.n_rows
+    invstd = var + rows.n_rows
     try:
-        if not (read_or_fill(weight, k, dims + ndim - k, length, 1.0, v)
-                and read_or_fill(bias, k, dims + ndim - k, length, 0.0, v + length)):
+        if not (read_or_fill(weight, rows.k, rows.param_dims, rows.length, 1.0, w)
+                and read_or_fill(bias, rows.k, rows.param_dims, rows.length, 0.0, b)):
             return None
-        y = cnp.PyArray_EMPTY(ndim, dims, t, 0)
+        y = cnp.PyArray_EMPTY(rows.ndim, rows.dims, t, 0)
         if t == cnp.NPY_FLOAT:
             layer_norm_rows(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
-                            n_rows, length, v, v + length, <double>eps, v + 2 * length, v + 2 * length + n_rows,
-                            v + 2 * length + 2 * n_rows)
+                            rows.n_rows, rows.length, w, b, <double>eps, mean, var, invstd)
         else:
             layer_norm_rows(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x),
-                            <double*>cnp.PyArray_DATA(<cnp.ndarray>y), n_rows, length, v, v + length, <double>eps,
-                            v + 2 * length, v + 2 * length + n_rows, v + 2 * length + 2 * n_rows)
-        return (y, stat_array(v + 2 * length, ndim - k, dims, t),
-                stat_array(v + 2 * length + 2 * n_rows, ndim - k, dims, t))
+                            <double*>cnp.PyArray_DATA(<cnp.ndarray>y), rows.n_rows, rows.length, w, b, <double>eps,
+                            mean, var, invstd)
+        return (y, stat_array(mean, rows.ndim - rows.k, rows.dims, t),
+                stat_array(invstd, rows.ndim - rows.k, rows.dims, t))
     finally:
-        free(v)
+        free(w)
 
 
 def group_norm(x, num_groups, weight, bias, eps):
@@ -381,43 +409,37 @@ def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape):
     """bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=...) for a small common-case
     call: (dx, dweight, dbias), or None when the call is not one. mean and invstd of shape
     x.shape[:-len(normalized_shape)] (as layer_norm returns them)."""
-    cdef int t = float_type(x)
-    cdef int ndim, k, j
-    cdef Py_ssize_t size, length = 1, n_rows
-    cdef cnp.npy_intp* dims
-    cdef double* v
-    if (t == NOT_FLOAT or float_type(dy) != t or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
-            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>dy) or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy,
-                                                                                          <cnp.ndarray>x)):
+    cdef LayerRows rows
+    cdef int t = small_layer_rows(x, normalized_shape, &rows)
+    cdef double* w
+    cdef double* dweight
+    cdef double* dbias
+    cdef double* mean_d
+    cdef double* invstd_d
+    if (t == NOT_FLOAT or float_type(dy) != t or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>dy)
+            or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy, <cnp.ndarray>x)):
         return None
-    size = cnp.PyArray_SIZE(<cnp.ndarray>x)
-    ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
-    dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
-    k = trailing_count(normalized_shape, ndim, dims) if ndim > 0 else 0
-    if k == 0 or size == 0 or size >= PARALLEL_MIN_VALUES:
-        return None
-    for j in range(ndim - k, ndim):
-        length *= dims[j]
-    n_rows = size // length
-    # weight, dweight, dbias (length values each), then mean and invstd (a value per row)
-    v = <double*>checked_malloc((3 * length + 2 * n_rows) * sizeof(double))
+    w = <double*>checked_malloc((3 * rows.length + 2 * rows.n_rows) * sizeof(double))
+    dweight = w + rows.length
+    dbias = dweight + rows.length
+    mean_d = dbias + rows.length
+    invstd_d = mean_d + rows.n_rows
     try:
-        if not (read_or_fill(weight, k, dims + ndim - k, length, 1.0, v)
-                and read_values(mean, ndim - k, dims, n_rows, v + 3 * length)
-                and read_values(invstd, ndim - k, dims, n_rows, v + 3 * length + n_rows)):
+        if not (read_or_fill(weight, rows.k, rows.param_dims, rows.length, 1.0, w)
+                and read_values(mean, rows.ndim - rows.k, rows.dims, rows.n_rows, mean_d)
+                and read_values(invstd, rows.ndim - rows.k, rows.dims, rows.n_rows, invstd_d)):
             return None
-        dx = cnp.PyArray_EMPTY(ndim, dims, t, 0)
+        dx = cnp.PyArray_EMPTY(rows.ndim, rows.dims, t, 0)
         if t == cnp.NPY_FLOAT:
-            layer_norm_gradient_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), length,
-                                     <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), length, n_rows, length,
-                                     v + 3 * length, v + 3 * length + n_rows, v,
-                                     <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), length, v + length, v + 2 * length, 1)
+            layer_norm_gradient_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows.length,
+                                     <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), rows.length, rows.n_rows,
+                                     rows.length, mean_d, invstd_d, w, <float*>cnp.PyArray_DATA(<cnp.ndarray>dx),
+                                     rows.length, dweight, dbias, 1)
         else:
-            layer_norm_gradient_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), length,
-                                     <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), length, n_rows, length,
-                                     v + 3 * length, v + 3 * length + n_rows, v,
-                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), length, v + length, v + 2 * length,
-                                     1)
-        return dx, stat_array(v + length, k, dims + ndim - k, t), stat_array(v + 2 * length, k, dims + ndim - k, t)
+            layer_norm_gradient_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows.length,
+                                     <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), rows.length, rows.n_rows,
+                                     rows.length, mean_d, invstd_d, w, <double*>cnp.PyArray_DATA(<cnp.ndarray>dx),
+                                     rows.length, dweight, dbias, 1)
+        return dx, stat_array(dweight, rows.k, rows.param_dims, t), stat_array(dbias, rows.k, rows.param_dims, t)
     finally:
-        free(v)
+        free(w)
