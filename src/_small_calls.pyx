@@ -4,15 +4,16 @@
 # On a few values a call costs what happens around the kernels: Python argument checks, allocation, views
 # and typed-memoryview conversions, OpenMP regions (about 20 us of a 23 us (2, 4, 1, 1) training call). For
 # inputs under PARALLEL_MIN_VALUES values - which the kernels run on one thread anyway - the public functions
-# (bnext/batch_norm.py, layer_norm.py, group_norm.py) first offer their arguments here. A call is taken when every argument is in its plain form: exact ndarrays
-# of native, aligned float32/float64, x C-contiguous (channels on any axis), float eps and momentum, no out.
-# Anything else returns None and takes the Python path, which checks everything and raises the errors: so
-# nothing here raises for bad input, an argument that is not plainly valid is just not the common case.
+# (bnext/batch_norm.py, layer_norm.py, group_norm.py) first offer their arguments here. A call is taken when
+# every argument is in its plain form: exact ndarrays of native, aligned float32/float64 (strides in whole
+# elements), x C-contiguous, float eps and momentum, int axis and group counts, no out. Anything else
+# returns None and takes the Python path, which checks everything and raises the errors: so nothing here
+# raises for bad input, an argument that is not plainly valid is just not the common case.
 #
 # This module is the kernel sources (included below) built a fourth time, without OpenMP and SIMD flags
 # (setup.py): small inputs gain nothing from either, and entering an OpenMP region costs ~0.3 us even on one
 # thread. The arithmetic is the kernels' own, and every build rounds the same way (-ffp-contract=off): the
-# results are bitwise those of the Python path.
+# results are bitwise those of the Python path (tests/test_small_calls.py).
 
 cimport numpy as cnp
 from libc.math cimport isfinite
@@ -31,15 +32,22 @@ cdef enum:
 
 
 cdef int float_type(object a) noexcept:
-    """NPY_FLOAT or NPY_DOUBLE for an exact ndarray of native, aligned float32/float64; else NOT_FLOAT."""
-    cdef int t
+    """NPY_FLOAT or NPY_DOUBLE for an exact ndarray of native, aligned float32/float64 whose strides are whole
+    elements; else NOT_FLOAT."""
+    cdef int t, k
+    cdef Py_ssize_t itemsize
     if type(a) is not cnp.ndarray:
         return NOT_FLOAT
     t = cnp.PyArray_TYPE(<cnp.ndarray>a)
-    if ((t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)
+    if not ((t == cnp.NPY_FLOAT or t == cnp.NPY_DOUBLE) and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a)
             and cnp.PyArray_ISALIGNED(<cnp.ndarray>a)):
-        return t
-    return NOT_FLOAT
+        return NOT_FLOAT
+    # (Aligned means strides in multiples of the dtype's alignment, which may be 4 for float64 on 32-bit x86.)
+    itemsize = sizeof(float) if t == cnp.NPY_FLOAT else sizeof(double)
+    for k in range(cnp.PyArray_NDIM(<cnp.ndarray>a)):
+        if cnp.PyArray_STRIDES(<cnp.ndarray>a)[k] % itemsize:
+            return NOT_FLOAT
+    return t
 
 
 cdef int small_batch(object x, object axis, Shape3* shape) noexcept:
@@ -170,31 +178,34 @@ def train(x, weight, bias, axis, eps, running_mean, running_var, momentum):
     for a small common-case call: (y, mean, invstd), or None when the call is not one."""
     cdef Shape3 s
     cdef int t = small_batch(x, axis, &s)
+    cdef Py_ssize_t m
     cdef double* v
     cdef const double* w
     cdef const double* b
+    cdef double* mean
+    cdef double* var
+    cdef double* invstd
     if t == NOT_FLOAT or not positive_finite(eps) or type(momentum) is not float or not isfinite(<double>momentum):
         return None
-    if s.n_outer * s.n_inner < 2 or not running_buffer(running_mean, s.C) or not running_buffer(
-            running_var, s.C):
+    m = s.n_outer * s.n_inner
+    if m < 2 or not running_buffer(running_mean, s.C) or not running_buffer(running_var, s.C):
         return None
     v = <double*>checked_malloc(N_VECTORS * s.C * sizeof(double))
+    mean, var, invstd = v + 2 * s.C, v + 3 * s.C, v + 4 * s.C
     try:
         if not (read_optional(weight, s.C, v, &w) and read_optional(bias, s.C, v + s.C, &b)):
             return None
         y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
         if t == cnp.NPY_FLOAT:
             train_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), w, b, <double>eps,
-                       v + 2 * s.C, v + 3 * s.C, v + 4 * s.C, <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
-                       contiguous_strides(s), 1)
+                       mean, var, invstd, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
         else:
             train_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), w, b,
-                       <double>eps, v + 2 * s.C, v + 3 * s.C, v + 4 * s.C,
-                       <double*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
-        m = s.n_outer * s.n_inner
-        update_buffer(running_mean, v + 2 * s.C, 1.0, <double>momentum)
-        update_buffer(running_var, v + 3 * s.C, <double>m / <double>(m - 1), <double>momentum)
-        return y, channel_array(v + 2 * s.C, s.C, t), channel_array(v + 4 * s.C, s.C, t)
+                       <double>eps, mean, var, invstd, <double*>cnp.PyArray_DATA(<cnp.ndarray>y),
+                       contiguous_strides(s), 1)
+        update_buffer(running_mean, mean, 1.0, <double>momentum)
+        update_buffer(running_var, var, <double>m / <double>(m - 1), <double>momentum)
+        return y, channel_array(mean, s.C, t), channel_array(invstd, s.C, t)
     finally:
         free(v)
 
@@ -207,22 +218,23 @@ def eval(x, running_mean, running_var, weight, bias, axis, eps):
     cdef double* v
     cdef const double* w
     cdef const double* b
+    cdef double* mean
+    cdef double* var
     if t == NOT_FLOAT or not positive_finite(eps):
         return None
     v = <double*>checked_malloc(N_VECTORS * s.C * sizeof(double))
+    mean, var = v + 2 * s.C, v + 3 * s.C
     try:
         if not (read_optional(weight, s.C, v, &w) and read_optional(bias, s.C, v + s.C, &b)
-                and read_vector(running_mean, s.C, v + 2 * s.C) and read_vector(running_var, s.C, v + 3 * s.C)):
+                and read_vector(running_mean, s.C, mean) and read_vector(running_var, s.C, var)):
             return None
         y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
         if t == cnp.NPY_FLOAT:
-            eval_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), v + 2 * s.C,
-                      v + 3 * s.C, w, b, <double>eps, <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
-                      contiguous_strides(s), 1)
+            eval_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, var, w, b,
+                      <double>eps, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
         else:
-            eval_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), v + 2 * s.C,
-                      v + 3 * s.C, w, b, <double>eps, <double*>cnp.PyArray_DATA(<cnp.ndarray>y),
-                      contiguous_strides(s), 1)
+            eval_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, var, w, b,
+                      <double>eps, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
         return y
     finally:
         free(v)
@@ -235,26 +247,31 @@ def backward(dy, x, mean, invstd, weight, axis):
     cdef int t = small_batch(x, axis, &s)
     cdef double* v
     cdef const double* w
+    cdef double* mean_d
+    cdef double* invstd_d
+    cdef double* dweight
+    cdef double* dbias
     if (t == NOT_FLOAT or float_type(dy) != t or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>dy)
             or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy, <cnp.ndarray>x)):
         return None
     v = <double*>checked_malloc(N_VECTORS * s.C * sizeof(double))
+    mean_d, invstd_d, dweight, dbias = v + s.C, v + 2 * s.C, v + 3 * s.C, v + 4 * s.C
     try:
-        if not (read_optional(weight, s.C, v, &w) and read_vector(mean, s.C, v + s.C)
-                and read_vector(invstd, s.C, v + 2 * s.C)):
+        if not (read_optional(weight, s.C, v, &w) and read_vector(mean, s.C, mean_d)
+                and read_vector(invstd, s.C, invstd_d)):
             return None
         dx = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
         if t == cnp.NPY_FLOAT:
             backward_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), contiguous_strides(s),
-                          <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), v + s.C,
-                          v + 2 * s.C, w, True, v + 3 * s.C, v + 4 * s.C, <float*>cnp.PyArray_DATA(<cnp.ndarray>dx),
+                          <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean_d,
+                          invstd_d, w, True, dweight, dbias, <float*>cnp.PyArray_DATA(<cnp.ndarray>dx),
                           contiguous_strides(s), 1)
         else:
             backward_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), contiguous_strides(s),
-                          <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), v + s.C,
-                          v + 2 * s.C, w, True, v + 3 * s.C, v + 4 * s.C,
-                          <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), contiguous_strides(s), 1)
-        return dx, channel_array(v + 3 * s.C, s.C, t), channel_array(v + 4 * s.C, s.C, t)
+                          <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean_d,
+                          invstd_d, w, True, dweight, dbias, <double*>cnp.PyArray_DATA(<cnp.ndarray>dx),
+                          contiguous_strides(s), 1)
+        return dx, channel_array(dweight, s.C, t), channel_array(dbias, s.C, t)
     finally:
         free(v)
 
