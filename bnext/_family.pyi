@@ -17,6 +17,11 @@ def column_affine(x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.floa
 def layer_norm_gradient(dy: _Floats, x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.float64],
                         weight: NDArray[np.float64], dx_out: _Floats, dweight_out: NDArray[np.float64],
                         dbias_out: NDArray[np.float64], n_threads: int) -> None: ...
+def group_norm_coefficients(sum_dy: NDArray[np.float64], sum_dy_xmu: NDArray[np.float64],
+                            invstd: NDArray[np.float64], weight: NDArray[np.float64] | None, n_groups: int,
+                            count: float, batch_stats: bool, dweight_out: NDArray[np.float64],
+                            dbias_out: NDArray[np.float64], dy_scale_out: NDArray[np.float64],
+                            coef_1_out: NDArray[np.float64], coef_x_hat_out: NDArray[np.float64]) -> None: ...
 def row_input_gradient(dy: _Floats, x: _Floats, mean: NDArray[np.float64], invstd: NDArray[np.float64],
                        scale: NDArray[np.float64], dy_scale: NDArray[np.float64], coef_1: NDArray[np.float64],
                        coef_x_hat: NDArray[np.float64], dx_out: _Floats, n_threads: int) -> None: ...

@@ -89,28 +89,19 @@ def _backward(dy: Any, x: Any, mean: Any, invstd: Any, weight: Any, num_groups: 
     x_rows = np.ascontiguousarray(x).reshape(n * n_channels, spatial)
     dy_rows = np.ascontiguousarray(dy).reshape(n * n_channels, spatial)
     n_threads = get_num_threads()
-    row_mean = np.repeat(mean, per_group, axis=1)
-    row_invstd = np.repeat(invstd, per_group, axis=1)
-    sum_dy = np.zeros((n, n_channels))
-    sum_dy_xmu = np.zeros((n, n_channels))
+    row_mean = np.repeat(mean, per_group, axis=1).reshape(-1)
+    row_invstd = np.repeat(invstd, per_group, axis=1).reshape(-1)
+    sum_dy = np.zeros(n * n_channels)
+    sum_dy_xmu = np.zeros(n * n_channels)
     kernels.gradient_sums(dy_rows.reshape(1, n * n_channels, spatial), x_rows.reshape(1, n * n_channels, spatial),
-                          row_mean.reshape(-1), sum_dy.reshape(-1), sum_dy_xmu.reshape(-1), n_threads)
-    dbias = sum_dy.sum(axis=0)
-    dweight = (sum_dy_xmu * row_invstd).sum(axis=0)
-    weight = np.ones(n_channels) if weight is None else weight
-    if batch_stats:
-        # dx = invstd * (w * dy - mean(w * dy) - x_hat * mean(w * dy * x_hat)) over each (n, g).
-        group_dy = (sum_dy * weight).reshape(n, num_groups, per_group).sum(axis=2) / count
-        group_dy_x_hat = (sum_dy_xmu * weight).reshape(n, num_groups, per_group).sum(axis=2) * invstd / count
-        coef_1 = -np.repeat(group_dy, per_group, axis=1)
-        coef_x_hat = -np.repeat(group_dy_x_hat, per_group, axis=1)
-    else:
-        coef_1 = coef_x_hat = np.zeros((n, n_channels))
-    row_weight = np.broadcast_to(weight, (n, n_channels)).reshape(-1)
-    family_kernels.row_input_gradient(dy_rows, x_rows, row_mean.reshape(-1), row_invstd.reshape(-1),
-                                      row_invstd.reshape(-1), row_weight, coef_1.reshape(-1),
-                                      coef_x_hat.reshape(-1), target.target.reshape(n * n_channels, spatial),
-                                      n_threads)
+                          row_mean, sum_dy, sum_dy_xmu, n_threads)
+    dweight = np.zeros(n_channels)
+    dbias = np.zeros(n_channels)
+    dy_scale, coef_1, coef_x_hat = (np.zeros(n * n_channels) for _ in range(3))
+    family_kernels.group_norm_coefficients(sum_dy, sum_dy_xmu, invstd.reshape(-1), weight, num_groups, float(count),
+                                           batch_stats, dweight, dbias, dy_scale, coef_1, coef_x_hat)
+    family_kernels.row_input_gradient(dy_rows, x_rows, row_mean, row_invstd, row_invstd, dy_scale, coef_1, coef_x_hat,
+                                      target.target.reshape(n * n_channels, spatial), n_threads)
     return target.finish(), dweight, dbias
 
 
@@ -192,6 +183,10 @@ def group_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: Ar
     >>> dbias, bool(np.abs(dx).max() < 1e-12)
     (array([1., 1., 1., 1.]), True)
     """
+    if out is None:
+        small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, num_groups, True)
+        if small is not None:
+            return small
     x, dy, mean, invstd, weight, num_groups, out = _check_backward(dy, x, mean, invstd, weight, num_groups, out)
     dx, dweight, dbias = _backward(dy, x, mean, invstd, weight, num_groups, out)
     return dx, dweight.astype(dx.dtype), dbias.astype(dx.dtype)

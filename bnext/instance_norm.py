@@ -5,6 +5,7 @@ from typing import cast
 
 import numpy as np
 
+from . import _small_calls as small_calls
 from . import _validation as check
 from .batch_norm import update_running
 from .group_norm import _LAYOUT_NOTE, _backward, _check_backward, _forward
@@ -116,6 +117,10 @@ def instance_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd:
     >>> dbias, bool(np.abs(dx).max() < 1e-12)
     (array([4.]), True)
     """
+    if out is None and isinstance(x, np.ndarray) and x.ndim >= 2:
+        small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, x.shape[1], bool(use_input_stats))
+        if small is not None:
+            return small
     x = check.batch_input("x", x)
     x, dy, mean, invstd, weight, num_groups, out = _check_backward(dy, x, mean, invstd, weight, x.shape[1], out)
     dx, dweight, dbias = _backward(dy, x, mean, invstd, weight, num_groups, out, batch_stats=bool(use_input_stats))

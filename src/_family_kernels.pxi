@@ -405,17 +405,76 @@ cdef inline void weighted_row_sums(const floating* dy, const floating* x, const 
 # + coef_x_hat[r] * x_hat), x_hat = ((x - mean_hi[r]) - mean_lo[r]) * invstd[r]. Every factor is O(1) or
 # O(invstd), as in batch norm's dx. Memory passes: read dy and x, write dx.
 
+def group_norm_coefficients(const double[::1] sum_dy, const double[::1] sum_dy_xmu, const double[::1] invstd,
+                            const double[::1] weight, Py_ssize_t n_groups, double count, bint batch_stats,
+                            double[::1] dweight_out, double[::1] dbias_out, double[::1] dy_scale_out,
+                            double[::1] coef_1_out, double[::1] coef_x_hat_out):
+    """Group norm's dweight, dbias and the per-(n, c) row coefficients of row_input_gradient.
+
+    sum_dy and sum_dy_xmu hold each (n, c) row's sum(dy) and sum(dy * (x - mean)) (N * C values), invstd
+    the (n, g) values (N * G), weight C values or None (1); count = values per group.
+    """
+    group_norm_coefficients_into(&sum_dy[0], &sum_dy_xmu[0], &invstd[0], optional_values(weight),
+                                 dbias_out.shape[0], n_groups, sum_dy.shape[0] // dbias_out.shape[0], count,
+                                 batch_stats, &dweight_out[0], &dbias_out[0], &dy_scale_out[0], &coef_1_out[0],
+                                 &coef_x_hat_out[0])
+
+
+cdef inline const double* optional_values(const double[::1] v) noexcept:
+    # An absent weight (None): NULL, read as 1.
+    if v is None:
+        return NULL
+    return &v[0]
+
+
+cdef void group_norm_coefficients_into(const double* sum_dy, const double* sum_dy_xmu, const double* invstd,
+                                       const double* weight, Py_ssize_t C, Py_ssize_t G, Py_ssize_t n,
+                                       double count, bint batch_stats, double* dweight, double* dbias,
+                                       double* dy_scale, double* coef_1, double* coef_x_hat) noexcept nogil:
+    # dbias = sum over n of sum(dy), dweight = sum over n of sum(dy * (x - mean)) * invstd. With batch_stats,
+    # dx = invstd * (w * dy - mean(w * dy) - x_hat * mean(w * dy * x_hat)) over each (n, g): coef_1 and
+    # coef_x_hat are those two group means, negated; without, both are 0 (dx = invstd * w * dy). Every sum
+    # runs in index order.
+    cdef Py_ssize_t per = C // G, i, c, g, k
+    cdef double w, s1, s2
+    for c in range(C):
+        dbias[c] = 0.0
+        dweight[c] = 0.0
+    for i in range(n):
+        for c in range(C):
+            k = i * C + c
+            dbias[c] += sum_dy[k]
+            dweight[c] += sum_dy_xmu[k] * invstd[i * G + c // per]
+            dy_scale[k] = 1.0 if weight == NULL else weight[c]
+        for g in range(G):
+            s1 = 0.0
+            s2 = 0.0
+            if batch_stats:
+                for c in range(g * per, (g + 1) * per):
+                    w = 1.0 if weight == NULL else weight[c]
+                    s1 += sum_dy[i * C + c] * w
+                    s2 += sum_dy_xmu[i * C + c] * w
+                s1 = -(s1 / count)
+                s2 = -(s2 * invstd[i * G + g] / count)
+            for c in range(g * per, (g + 1) * per):
+                coef_1[i * C + c] = s1
+                coef_x_hat[i * C + c] = s2
+
+
 def row_input_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, const double[::1] mean,
                        const double[::1] invstd, const double[::1] scale, const double[::1] dy_scale,
                        const double[::1] coef_1, const double[::1] coef_x_hat, floating[:, ::1] dx_out,
                        int n_threads):
     """dx_out = scale * ((dy * dy_scale + coef_1) + coef_x_hat * x_hat) per row; dx_out may be dy or x."""
-    cdef Py_ssize_t n_rows = x.shape[0], length = x.shape[1]
-    cdef Py_ssize_t xs = x.strides[0] // sizeof(floating), gs = dy.strides[0] // sizeof(floating)
-    cdef Py_ssize_t ds = dx_out.strides[0] // sizeof(floating)
-    cdef const floating* px = &x[0, 0]
-    cdef const floating* pg = &dy[0, 0]
-    cdef floating* pd = &dx_out[0, 0]
+    row_input_gradient_into(&dy[0, 0], dy.strides[0] // sizeof(floating), &x[0, 0],
+                            x.strides[0] // sizeof(floating), x.shape[0], x.shape[1], &mean[0], &invstd[0], &scale[0], &dy_scale[0], &coef_1[0],
+                            &coef_x_hat[0], &dx_out[0, 0], dx_out.strides[0] // sizeof(floating), n_threads)
+
+
+cdef int row_input_gradient_into(const floating* pg, Py_ssize_t gs, const floating* px, Py_ssize_t xs,
+                                 Py_ssize_t n_rows, Py_ssize_t length, const double* mean, const double* invstd,
+                                 const double* scale, const double* dy_scale, const double* coef_1,
+                                 const double* coef_x_hat, floating* pd, Py_ssize_t ds, int n_threads) except -1:
     cdef RowItems it = row_items(n_rows, length)
     cdef Py_ssize_t item, r, r0, r1, i0, n
     cdef bint stream = stream_output(n_rows * length, length, sizeof(floating))
@@ -432,6 +491,7 @@ def row_input_gradient(const floating[:, ::1] dy, const floating[:, ::1] x, cons
                            <floating>coef_1[r], <floating>coef_x_hat[r], stream)
         if stream:
             stream_fence()
+    return 0
 
 
 cdef inline void row_dx_values(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, floating hi,

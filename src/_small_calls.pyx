@@ -1,10 +1,10 @@
-# Small calls: the common case of the batch-norm entry points, layer norm and its backward, and group norm's
-# forward, recognized and run without Python-level work.
+# Small calls: the common case of the batch-norm entry points, of layer and group norm (forward and backward)
+# and of instance norm's backward, recognized and run without Python-level work.
 #
 # On a few values a call costs what happens around the kernels: Python argument checks, allocation, views
 # and typed-memoryview conversions, OpenMP regions (about 20 us of a 23 us (2, 4, 1, 1) training call). For
 # inputs under PARALLEL_MIN_VALUES values - which the kernels run on one thread anyway - the public functions
-# (bnext/batch_norm.py, layer_norm.py, group_norm.py) first offer their arguments here. A call is taken when
+# (bnext/batch_norm.py, layer_norm.py, group_norm.py, instance_norm.py) first offer their arguments here. A call is taken when
 # every argument is in its plain form: exact ndarrays of native, aligned float32/float64 (strides in whole
 # elements), x C-contiguous, float eps and momentum, int axis and group counts, no out. Anything else
 # returns None and takes the Python path, which checks everything and raises the errors: so nothing here
@@ -380,23 +380,38 @@ def layer_norm(x, normalized_shape, weight, bias, eps):
         free(w)
 
 
+cdef struct Groups:
+    # A small C-contiguous (N, C, *) x in G groups of channels, size values in all.
+    Py_ssize_t N
+    Py_ssize_t C
+    Py_ssize_t G
+    Py_ssize_t size
+
+
+cdef int small_groups(object x, object num_groups, Groups* g) noexcept:
+    """x's float type when x is a small C-contiguous (N, C, *) batch and num_groups an int dividing C, with
+    *g set; else NOT_FLOAT."""
+    cdef int t = float_type(x)
+    if t == NOT_FLOAT or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
+        return NOT_FLOAT
+    g.size = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    g.N = cnp.PyArray_DIMS(<cnp.ndarray>x)[0]
+    g.C = cnp.PyArray_DIMS(<cnp.ndarray>x)[1]
+    if g.size == 0 or g.size >= PARALLEL_MIN_VALUES or type(num_groups) is not int or not 1 <= num_groups <= g.C:
+        return NOT_FLOAT
+    g.G = num_groups
+    return NOT_FLOAT if g.C % g.G else t
+
+
 def group_norm(x, num_groups, weight, bias, eps):
     """bnext.group_norm(x, num_groups, weight, bias, eps=eps) for a small common-case call:
     (y, mean, invstd), or None when the call is not one."""
-    cdef int t = float_type(x)
-    cdef Py_ssize_t size, N, C, G, n_rows, length
+    cdef Groups g
+    cdef int t = small_groups(x, num_groups, &g)
+    cdef Py_ssize_t size = g.size, N = g.N, C = g.C, G = g.G, n_rows, length
     cdef cnp.npy_intp stat_dims[2]
     cdef double* v
-    if (t == NOT_FLOAT or not positive_finite(eps) or cnp.PyArray_NDIM(<cnp.ndarray>x) < 2
-            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)):
-        return None
-    size = cnp.PyArray_SIZE(<cnp.ndarray>x)
-    N = cnp.PyArray_DIMS(<cnp.ndarray>x)[0]
-    C = cnp.PyArray_DIMS(<cnp.ndarray>x)[1]
-    if size == 0 or size >= PARALLEL_MIN_VALUES or type(num_groups) is not int or not 1 <= num_groups <= C:
-        return None
-    G = num_groups
-    if C % G:
+    if t == NOT_FLOAT or not positive_finite(eps):
         return None
     n_rows = N * G
     length = size // n_rows
@@ -460,3 +475,78 @@ def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape):
         return dx, stat_array(dweight, rows.k, rows.param_dims, t), stat_array(dbias, rows.k, rows.param_dims, t)
     finally:
         free(w)
+
+
+def group_norm_backward(dy, x, mean, invstd, weight, num_groups, bint batch_stats):
+    """bnext.group_norm_backward (batch_stats True) or instance_norm_backward (num_groups = C) for a small
+    common-case call: (dx, dweight, dbias), or None when the call is not one. mean and invstd of shape
+    (N, num_groups)."""
+    cdef Groups g
+    cdef int t = small_groups(x, num_groups, &g)
+    cdef Py_ssize_t size = g.size, N = g.N, C = g.C, G = g.G, n_rows, spatial, i, c
+    cdef cnp.npy_intp stat_dims[2]
+    cdef Shape3 s
+    cdef Strides3 rows
+    cdef double* v
+    cdef double* w
+    cdef double* group_mean
+    cdef double* group_invstd
+    cdef double* dweight
+    cdef double* dbias
+    cdef double* row_mean
+    cdef double* row_invstd
+    cdef double* sum_dy
+    cdef double* sum_dy_xmu
+    cdef double* dy_scale
+    cdef double* coef_1
+    cdef double* coef_x_hat
+    if (t == NOT_FLOAT or float_type(dy) != t or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>dy)
+            or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>dy, <cnp.ndarray>x)):
+        return None
+    n_rows = N * C  # one row per (n, c): spatial values
+    spatial = size // n_rows
+    stat_dims[0] = N
+    stat_dims[1] = G
+    # the (n, g) statistics, the C-vectors, then seven vectors of a value per (n, c) row
+    v = <double*>checked_malloc((2 * N * G + 3 * C + 7 * n_rows) * sizeof(double))
+    group_mean, group_invstd = v, v + N * G
+    w, dweight, dbias = v + 2 * N * G, v + 2 * N * G + C, v + 2 * N * G + 2 * C
+    row_mean = v + 2 * N * G + 3 * C
+    row_invstd, sum_dy, sum_dy_xmu = row_mean + n_rows, row_mean + 2 * n_rows, row_mean + 3 * n_rows
+    dy_scale, coef_1, coef_x_hat = row_mean + 4 * n_rows, row_mean + 5 * n_rows, row_mean + 6 * n_rows
+    try:
+        if not (read_or_fill(weight, 1, cnp.PyArray_DIMS(<cnp.ndarray>x) + 1, C, 1.0, w)
+                and read_values(mean, 2, stat_dims, N * G, group_mean)
+                and read_values(invstd, 2, stat_dims, N * G, group_invstd)):
+            return None
+        for i in range(N):
+            for c in range(C):
+                row_mean[i * C + c] = group_mean[i * G + c // (C // G)]
+                row_invstd[i * C + c] = group_invstd[i * G + c // (C // G)]
+        # As bnext/group_norm.py: gradient_sums over the (1, N * C, spatial) view, the coefficients, then dx.
+        s.n_outer, s.C, s.n_inner = 1, n_rows, spatial
+        rows.outer, rows.channel, rows.inner = size, spatial, 1
+        dx = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        if t == cnp.NPY_FLOAT:
+            gradient_sums_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows,
+                               <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, rows, row_mean, sum_dy,
+                               sum_dy_xmu, 1)
+        else:
+            gradient_sums_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows,
+                               <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, rows, row_mean, sum_dy,
+                               sum_dy_xmu, 1)
+        group_norm_coefficients_into(sum_dy, sum_dy_xmu, group_invstd, w, C, G, N, <double>(size // (N * G)),
+                                     batch_stats, dweight, dbias, dy_scale, coef_1, coef_x_hat)
+        if t == cnp.NPY_FLOAT:
+            row_input_gradient_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), spatial,
+                                    <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), spatial, n_rows, spatial,
+                                    row_mean, row_invstd, row_invstd, dy_scale, coef_1, coef_x_hat,
+                                    <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), spatial, 1)
+        else:
+            row_input_gradient_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), spatial,
+                                    <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), spatial, n_rows, spatial,
+                                    row_mean, row_invstd, row_invstd, dy_scale, coef_1, coef_x_hat,
+                                    <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), spatial, 1)
+        return dx, channel_array(dweight, C, t), channel_array(dbias, C, t)
+    finally:
+        free(v)

@@ -345,3 +345,52 @@ def test_uncommon_layer_norm_backward_arguments_are_declined(kind, rng):
     p = {"dy": np.ones_like(x), "x": x, "mean": mean, "invstd": invstd, "weight": None, "arg": (4, 3)}
     p = LAYER_BACKWARD_UNCOMMON[kind](p)
     assert small_calls.layer_norm_backward(p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["arg"]) is None
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("case", GROUP_CASES.values(), ids=GROUP_CASES.keys())
+def test_small_group_norm_backward_gives_the_bits_of_the_checked_path(case, form, dtype, rng):
+    shape, groups = case
+    x = random_x(shape, 0, dtype, rng, offset=25.0)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = family_params("group_norm", x, rng, groups, form)["weight"]
+    _, mean, invstd = bnext.group_norm(x, groups)
+    assert small_calls.group_norm_backward(dy, x, mean, invstd, weight, groups, True) is not None
+    expected = bnext.group_norm_backward(dy, x, mean, invstd, weight, num_groups=groups, out=np.empty_like(x))
+    actual = bnext.group_norm_backward(dy, x, mean, invstd, weight, num_groups=groups)
+    assert_same_bits(list(actual), list(expected))
+
+
+@pytest.mark.parametrize("use_input_stats", (True, False), ids=("batch_stats", "given_stats"))
+def test_small_instance_norm_backward_gives_the_bits_of_the_checked_path(use_input_stats, dtype, rng):
+    x = random_x((3, 4, 5, 2), 0, dtype, rng)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    weight = (1 + 0.1 * rng.standard_normal(4)).astype(dtype)
+    _, mean, invstd = bnext.instance_norm(x)
+    small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, 4, use_input_stats)
+    expected = bnext.instance_norm_backward(dy, x, mean, invstd, weight, use_input_stats=use_input_stats,
+                                            out=np.empty_like(x))
+    actual = bnext.instance_norm_backward(dy, x, mean, invstd, weight, use_input_stats=use_input_stats)
+    assert small is not None
+    assert_same_bits(list(actual), list(expected))
+    assert_same_bits(list(small), list(expected))
+
+
+GROUP_BACKWARD_UNCOMMON = {
+    "float64_dy": lambda p: {**p, "dy": p["dy"].astype(np.float64)},
+    "indivisible": lambda p: {**p, "groups": 3},
+    "numpy_int_groups": lambda p: {**p, "groups": np.int64(2)},
+    "flat_mean": lambda p: {**p, "mean": p["mean"].ravel()},
+    "short_weight": lambda p: {**p, "weight": np.ones(3, np.float32)},
+    "1d_x": lambda p: {**p, "x": p["x"].ravel(), "dy": p["dy"].ravel()},
+}
+
+
+@pytest.mark.parametrize("kind", GROUP_BACKWARD_UNCOMMON)
+def test_uncommon_group_norm_backward_arguments_are_declined(kind, rng):
+    x = random_x((4, 4, 3), 0, np.float32, rng)
+    _, mean, invstd = bnext.group_norm(x, 2)
+    p = {"dy": np.ones_like(x), "x": x, "mean": mean, "invstd": invstd, "weight": None, "groups": 2}
+    p = GROUP_BACKWARD_UNCOMMON[kind](p)
+    assert small_calls.group_norm_backward(p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["groups"],
+                                           True) is None
