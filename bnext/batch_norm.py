@@ -123,10 +123,9 @@ def batch_norm_train(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayL
     >>> np.round(y.ravel(), 3)
     array([-1.683,  0.106,  1.894,  3.683])
     """
-    if out is None:
-        small = small_calls.train(x, weight, bias, axis, eps, running_mean, running_var, momentum)
-        if small is not None:
-            return small
+    small = small_calls.train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out)
+    if small is not None:
+        return small
     y, mean, invstd = _train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out)
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
@@ -159,10 +158,9 @@ def batch_norm_eval(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLik
     array([[-1., -1.],
            [ 1.,  1.]])
     """
-    if out is None:
-        small = small_calls.eval(x, running_mean, running_var, weight, bias, axis, eps)
-        if small is not None:
-            return small
+    small = small_calls.eval(x, running_mean, running_var, weight, bias, axis, eps, out)
+    if small is not None:
+        return small
     x = check.batch_input("x", x)
     axis = check.channel_axis(axis, x.ndim)
     n_channels = x.shape[axis]
@@ -262,10 +260,9 @@ def batch_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: Ar
     >>> dbias, np.abs(dx).max() < 1e-12
     (array([4.]), np.True_)
     """
-    if out is None:
-        small = small_calls.backward(dy, x, mean, invstd, weight, axis)
-        if small is not None:
-            return small
+    small = small_calls.backward(dy, x, mean, invstd, weight, axis, out)
+    if small is not None:
+        return small
     dx, dweight, dbias = _backward(dy, x, mean, invstd, weight, axis, out)
     return dx, dweight.astype(dx.dtype), dbias.astype(dx.dtype)
 

@@ -136,10 +136,9 @@ def group_norm(x: ArrayLike, num_groups: int, weight: ArrayLike | None = None, b
     >>> np.round(y.ravel(), 3), mean
     (array([-1.   ,  1.   , -1.   ,  1.   ]), array([[1.5, 3.5]]))
     """
-    if out is None:
-        small = small_calls.group_norm(x, num_groups, weight, bias, eps)
-        if small is not None:
-            return small
+    small = small_calls.group_norm(x, num_groups, weight, bias, eps, out)
+    if small is not None:
+        return small
     x = check.batch_input("x", x)
     num_groups = _groups(x, num_groups)
     weight = check.channel_vector("weight", weight, x.shape[1])
@@ -183,10 +182,9 @@ def group_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: Ar
     >>> dbias, bool(np.abs(dx).max() < 1e-12)
     (array([1., 1., 1., 1.]), True)
     """
-    if out is None:
-        small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, num_groups, True)
-        if small is not None:
-            return small
+    small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, num_groups, True, out)
+    if small is not None:
+        return small
     x, dy, mean, invstd, weight, num_groups, out = _check_backward(dy, x, mean, invstd, weight, num_groups, out)
     dx, dweight, dbias = _backward(dy, x, mean, invstd, weight, num_groups, out)
     return dx, dweight.astype(dx.dtype), dbias.astype(dx.dtype)

@@ -117,8 +117,8 @@ def instance_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd:
     >>> dbias, bool(np.abs(dx).max() < 1e-12)
     (array([4.]), True)
     """
-    if out is None and isinstance(x, np.ndarray) and x.ndim >= 2:
-        small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, x.shape[1], bool(use_input_stats))
+    if isinstance(x, np.ndarray) and x.ndim >= 2:
+        small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, x.shape[1], bool(use_input_stats), out)
         if small is not None:
             return small
     x = check.batch_input("x", x)

@@ -102,10 +102,9 @@ def layer_norm(x: ArrayLike, normalized_shape: int | Sequence[int], weight: Arra
     >>> np.round(y, 3)
     array([[-1.683,  0.106,  1.894,  3.683]])
     """
-    if out is None:
-        small = small_calls.layer_norm(x, normalized_shape, weight, bias, eps)
-        if small is not None:
-            return small
+    small = small_calls.layer_norm(x, normalized_shape, weight, bias, eps, out)
+    if small is not None:
+        return small
     y, mean, invstd = _forward(x, normalized_shape, weight, bias, eps, out)
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
@@ -172,10 +171,9 @@ def layer_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: Ar
     >>> dbias, bool(np.abs(dx).max() < 1e-12)
     (array([1., 1., 1., 1.]), True)
     """
-    if out is None:
-        small = small_calls.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape)
-        if small is not None:
-            return small
+    small = small_calls.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape, out)
+    if small is not None:
+        return small
     dx, dweight, dbias = _backward(dy, x, mean, invstd, weight, normalized_shape, out)
     return dx, dweight.astype(dx.dtype), dbias.astype(dx.dtype)
 

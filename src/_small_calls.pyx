@@ -165,6 +165,29 @@ cdef object stat_array(const double* values, int ndim, cnp.npy_intp* dims, int t
     return arr
 
 
+cdef object output_for(object out, object x, int t, object other):
+    """The array a small call writes: a new C-ordered array like x when out is None; out itself when it is a
+    writeable C-contiguous array of x's float type and shape that is x or other exactly or shares no memory
+    with them; else None (the checked path decides, with a scratch copy or an error)."""
+    if out is None:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+    if (float_type(out) != t or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out)
+            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out) or not cnp.PyArray_SAMESHAPE(<cnp.ndarray>out,
+                                                                                        <cnp.ndarray>x)
+            or overlaps_partially(out, x) or (other is not None and overlaps_partially(out, other))):
+        return None
+    return out
+
+
+cdef bint overlaps_partially(object a, object b) noexcept:
+    # Two C-contiguous arrays of one shape and dtype: the same memory exactly (in place, which every kernel
+    # allows), or none of it.
+    cdef char* pa = cnp.PyArray_BYTES(<cnp.ndarray>a)
+    cdef char* pb = cnp.PyArray_BYTES(<cnp.ndarray>b)
+    cdef Py_ssize_t n = cnp.PyArray_NBYTES(<cnp.ndarray>a)
+    return pa != pb and pa < pb + n and pb < pa + n
+
+
 cdef Strides3 contiguous_strides(Shape3 s) noexcept:
     cdef Strides3 t
     t.outer = s.C * s.n_inner
@@ -173,7 +196,7 @@ cdef Strides3 contiguous_strides(Shape3 s) noexcept:
     return t
 
 
-def train(x, weight, bias, axis, eps, running_mean, running_var, momentum):
+def train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out):
     """batch_norm_train(x, weight, bias, axis=axis, eps=eps, running_mean=..., running_var=..., momentum=...)
     for a small common-case call: (y, mean, invstd), or None when the call is not one."""
     cdef Shape3 s
@@ -195,7 +218,9 @@ def train(x, weight, bias, axis, eps, running_mean, running_var, momentum):
     try:
         if not (read_optional(weight, s.C, v, &w) and read_optional(bias, s.C, v + s.C, &b)):
             return None
-        y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        y = output_for(out, x, t, None)
+        if y is None:
+            return None
         if t == cnp.NPY_FLOAT:
             train_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), w, b, <double>eps,
                        mean, var, invstd, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
@@ -210,7 +235,7 @@ def train(x, weight, bias, axis, eps, running_mean, running_var, momentum):
         free(v)
 
 
-def eval(x, running_mean, running_var, weight, bias, axis, eps):
+def eval(x, running_mean, running_var, weight, bias, axis, eps, out):
     """batch_norm_eval(x, running_mean, running_var, weight, bias, axis=axis, eps=eps) for a small
     common-case call: y, or None when the call is not one."""
     cdef Shape3 s
@@ -228,7 +253,9 @@ def eval(x, running_mean, running_var, weight, bias, axis, eps):
         if not (read_optional(weight, s.C, v, &w) and read_optional(bias, s.C, v + s.C, &b)
                 and read_vector(running_mean, s.C, mean) and read_vector(running_var, s.C, var)):
             return None
-        y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        y = output_for(out, x, t, None)
+        if y is None:
+            return None
         if t == cnp.NPY_FLOAT:
             eval_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, var, w, b,
                       <double>eps, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
@@ -240,7 +267,7 @@ def eval(x, running_mean, running_var, weight, bias, axis, eps):
         free(v)
 
 
-def backward(dy, x, mean, invstd, weight, axis):
+def backward(dy, x, mean, invstd, weight, axis, out):
     """batch_norm_backward(dy, x, mean, invstd, weight, axis=axis) for a small common-case call:
     (dx, dweight, dbias), or None when the call is not one."""
     cdef Shape3 s
@@ -260,7 +287,9 @@ def backward(dy, x, mean, invstd, weight, axis):
         if not (read_optional(weight, s.C, v, &w) and read_vector(mean, s.C, mean_d)
                 and read_vector(invstd, s.C, invstd_d)):
             return None
-        dx = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        dx = output_for(out, x, t, dy)
+        if dx is None:
+            return None
         if t == cnp.NPY_FLOAT:
             backward_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), contiguous_strides(s),
                           <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean_d,
@@ -345,7 +374,7 @@ cdef int small_layer_rows(object x, object normalized_shape, LayerRows* rows) no
     return t
 
 
-def layer_norm(x, normalized_shape, weight, bias, eps):
+def layer_norm(x, normalized_shape, weight, bias, eps, out):
     """bnext.layer_norm(x, normalized_shape, weight, bias, eps=eps) for a small common-case call:
     (y, mean, invstd), or None when the call is not one."""
     cdef LayerRows rows
@@ -366,7 +395,9 @@ def layer_norm(x, normalized_shape, weight, bias, eps):
         if not (read_or_fill(weight, rows.k, rows.param_dims, rows.length, 1.0, w)
                 and read_or_fill(bias, rows.k, rows.param_dims, rows.length, 0.0, b)):
             return None
-        y = cnp.PyArray_EMPTY(rows.ndim, rows.dims, t, 0)
+        y = output_for(out, x, t, None)
+        if y is None:
+            return None
         if t == cnp.NPY_FLOAT:
             layer_norm_rows(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), <float*>cnp.PyArray_DATA(<cnp.ndarray>y),
                             rows.n_rows, rows.length, w, b, <double>eps, mean, var, invstd)
@@ -403,7 +434,7 @@ cdef int small_groups(object x, object num_groups, Groups* g) noexcept:
     return NOT_FLOAT if g.C % g.G else t
 
 
-def group_norm(x, num_groups, weight, bias, eps):
+def group_norm(x, num_groups, weight, bias, eps, out):
     """bnext.group_norm(x, num_groups, weight, bias, eps=eps) for a small common-case call:
     (y, mean, invstd), or None when the call is not one."""
     cdef Groups g
@@ -421,7 +452,9 @@ def group_norm(x, num_groups, weight, bias, eps):
         if not (read_or_fill(weight, 1, cnp.PyArray_DIMS(<cnp.ndarray>x) + 1, C, 1.0, v)
                 and read_or_fill(bias, 1, cnp.PyArray_DIMS(<cnp.ndarray>x) + 1, C, 0.0, v + C)):
             return None
-        y = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        y = output_for(out, x, t, None)
+        if y is None:
+            return None
         if t == cnp.NPY_FLOAT:
             group_norm_forward_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), n_rows, length, length,
                                     size // (N * C), C, v, v + C, <double>eps, v + 2 * C, v + 2 * C + n_rows,
@@ -437,7 +470,7 @@ def group_norm(x, num_groups, weight, bias, eps):
         free(v)
 
 
-def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape):
+def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape, out):
     """bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=...) for a small common-case
     call: (dx, dweight, dbias), or None when the call is not one. mean and invstd of shape
     x.shape[:-len(normalized_shape)] (as layer_norm returns them)."""
@@ -461,7 +494,9 @@ def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape):
                 and read_values(mean, rows.ndim - rows.k, rows.dims, rows.n_rows, mean_d)
                 and read_values(invstd, rows.ndim - rows.k, rows.dims, rows.n_rows, invstd_d)):
             return None
-        dx = cnp.PyArray_EMPTY(rows.ndim, rows.dims, t, 0)
+        dx = output_for(out, x, t, dy)
+        if dx is None:
+            return None
         if t == cnp.NPY_FLOAT:
             layer_norm_gradient_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows.length,
                                      <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), rows.length, rows.n_rows,
@@ -477,7 +512,7 @@ def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape):
         free(w)
 
 
-def group_norm_backward(dy, x, mean, invstd, weight, num_groups, bint batch_stats):
+def group_norm_backward(dy, x, mean, invstd, weight, num_groups, bint batch_stats, out):
     """bnext.group_norm_backward (batch_stats True) or instance_norm_backward (num_groups = C) for a small
     common-case call: (dx, dweight, dbias), or None when the call is not one. mean and invstd of shape
     (N, num_groups)."""
@@ -526,7 +561,9 @@ def group_norm_backward(dy, x, mean, invstd, weight, num_groups, bint batch_stat
         # As bnext/group_norm.py: gradient_sums over the (1, N * C, spatial) view, the coefficients, then dx.
         s.n_outer, s.C, s.n_inner = 1, n_rows, spatial
         rows.outer, rows.channel, rows.inner = size, spatial, 1
-        dx = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), cnp.PyArray_DIMS(<cnp.ndarray>x), t, 0)
+        dx = output_for(out, x, t, dy)
+        if dx is None:
+            return None
         if t == cnp.NPY_FLOAT:
             gradient_sums_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows,
                                <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, rows, row_mean, sum_dy,

@@ -30,15 +30,15 @@ ENTRY = {"batch_norm_train": small_calls.train, "batch_norm_eval": small_calls.e
          "batch_norm_backward": small_calls.backward}
 
 
-def entry_args(name, params):
+def entry_args(name, params, out=None):
     """The small-call entry's positional arguments (its signature, not the public one)."""
     p = params
     if name == "batch_norm_train":
         return (p["x"], p["weight"], p["bias"], p["axis"], p["eps"], p["running_mean"], p["running_var"],
-                p["momentum"])
+                p["momentum"], out)
     if name == "batch_norm_eval":
-        return p["x"], p["running_mean"], p["running_var"], p["weight"], p["bias"], p["axis"], p["eps"]
-    return p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["axis"]
+        return p["x"], p["running_mean"], p["running_var"], p["weight"], p["bias"], p["axis"], p["eps"], out
+    return p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["axis"], out
 
 
 def outputs(result, params):
@@ -54,10 +54,14 @@ def assert_same_bits(a_list, b_list):
 
 
 def checked_path_result(name, params):
-    """The public call forced through the checked Python path (an out= array is never a small call)."""
+    """The public call forced through the checked Python path: eps (or, for the backward, the axis) given as
+    a NumPy scalar, which means the same but is not the plain form the small-call entries take."""
     params = copy_params(params)
-    like = params["dy"] if name == "batch_norm_backward" else params["x"]
-    params["out"] = np.empty_like(like)
+    if name == "batch_norm_backward":
+        params["axis"] = np.int64(params["axis"])
+    else:
+        params["eps"] = np.float64(params["eps"])
+    assert ENTRY[name](*entry_args(name, copy_params(params), None)) is None
     return outputs(call(getattr(bnext, name), params), params)
 
 
@@ -272,8 +276,9 @@ def test_small_family_call_gives_the_bits_of_the_checked_path(name, case_id, cas
     x = random_x(shape, 0, dtype, rng, offset=300.0)
     params = family_params(name, x, rng, arg, form)
     entry = getattr(small_calls, name)
-    assert entry(x, arg, params["weight"], params["bias"], 1e-5) is not None  # the small path is taken
-    expected = family_call(name, x, arg, params, out=np.empty_like(x))
+    assert entry(x, arg, params["weight"], params["bias"], 1e-5, None) is not None  # the small path is taken
+    assert entry(x, arg, params["weight"], params["bias"], np.float64(1e-5), None) is None
+    expected = family_call(name, x, arg, params, eps=np.float64(1e-5))  # the checked path
     actual = family_call(name, x, arg, params)
     assert_same_bits(list(actual), list(expected))
 
@@ -305,7 +310,7 @@ def test_uncommon_family_arguments_are_declined(name, kind, rng):
     if name == "layer_norm" and kind == "short_weight":
         p["weight"] = p["weight"].ravel()
     p = FAMILY_UNCOMMON[name][kind](p)
-    assert getattr(small_calls, name)(p["x"], p["arg"], p["weight"], p["bias"], p["eps"]) is None
+    assert getattr(small_calls, name)(p["x"], p["arg"], p["weight"], p["bias"], p["eps"], None) is None
 
 
 LAYER_BACKWARD_CASES = {k: LAYER_CASES[k] for k in ("rows_of_4", "rows_of_17", "rows_of_768", "two_dims",
@@ -320,8 +325,10 @@ def test_small_layer_norm_backward_gives_the_bits_of_the_checked_path(case, form
     dy = rng.standard_normal(shape).astype(dtype)
     weight = family_params("layer_norm", x, rng, arg, form)["weight"]
     _, mean, invstd = bnext.layer_norm(x, arg)
-    assert small_calls.layer_norm_backward(dy, x, mean, invstd, weight, arg) is not None
-    expected = bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=arg, out=np.empty_like(x))
+    assert small_calls.layer_norm_backward(dy, x, mean, invstd, weight, arg, None) is not None
+    as_list = list(arg) if isinstance(arg, tuple) else [arg]  # the same shape, not in the plain form
+    assert small_calls.layer_norm_backward(dy, x, mean, invstd, weight, as_list, None) is None
+    expected = bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=as_list)
     actual = bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=arg)
     assert_same_bits(list(actual), list(expected))
 
@@ -344,7 +351,8 @@ def test_uncommon_layer_norm_backward_arguments_are_declined(kind, rng):
     _, mean, invstd = bnext.layer_norm(x, (4, 3))
     p = {"dy": np.ones_like(x), "x": x, "mean": mean, "invstd": invstd, "weight": None, "arg": (4, 3)}
     p = LAYER_BACKWARD_UNCOMMON[kind](p)
-    assert small_calls.layer_norm_backward(p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["arg"]) is None
+    assert small_calls.layer_norm_backward(p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["arg"],
+                                           None) is None
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -355,8 +363,9 @@ def test_small_group_norm_backward_gives_the_bits_of_the_checked_path(case, form
     dy = rng.standard_normal(shape).astype(dtype)
     weight = family_params("group_norm", x, rng, groups, form)["weight"]
     _, mean, invstd = bnext.group_norm(x, groups)
-    assert small_calls.group_norm_backward(dy, x, mean, invstd, weight, groups, True) is not None
-    expected = bnext.group_norm_backward(dy, x, mean, invstd, weight, num_groups=groups, out=np.empty_like(x))
+    assert small_calls.group_norm_backward(dy, x, mean, invstd, weight, groups, True, None) is not None
+    assert small_calls.group_norm_backward(dy, x, mean, invstd, weight, np.int64(groups), True, None) is None
+    expected = bnext.group_norm_backward(dy, x, mean, invstd, weight, num_groups=np.int64(groups))
     actual = bnext.group_norm_backward(dy, x, mean, invstd, weight, num_groups=groups)
     assert_same_bits(list(actual), list(expected))
 
@@ -367,9 +376,9 @@ def test_small_instance_norm_backward_gives_the_bits_of_the_checked_path(use_inp
     dy = rng.standard_normal(x.shape).astype(dtype)
     weight = (1 + 0.1 * rng.standard_normal(4)).astype(dtype)
     _, mean, invstd = bnext.instance_norm(x)
-    small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, 4, use_input_stats)
-    expected = bnext.instance_norm_backward(dy, x, mean, invstd, weight, use_input_stats=use_input_stats,
-                                            out=np.empty_like(x))
+    small = small_calls.group_norm_backward(dy, x, mean, invstd, weight, 4, use_input_stats, None)
+    assert small_calls.group_norm_backward(dy, x, mean, invstd, weight.tolist(), 4, use_input_stats, None) is None
+    expected = bnext.instance_norm_backward(dy, x, mean, invstd, weight.tolist(), use_input_stats=use_input_stats)
     actual = bnext.instance_norm_backward(dy, x, mean, invstd, weight, use_input_stats=use_input_stats)
     assert small is not None
     assert_same_bits(list(actual), list(expected))
@@ -393,4 +402,114 @@ def test_uncommon_group_norm_backward_arguments_are_declined(kind, rng):
     p = {"dy": np.ones_like(x), "x": x, "mean": mean, "invstd": invstd, "weight": None, "groups": 2}
     p = GROUP_BACKWARD_UNCOMMON[kind](p)
     assert small_calls.group_norm_backward(p["dy"], p["x"], p["mean"], p["invstd"], p["weight"], p["groups"],
-                                           True) is None
+                                           True, None) is None
+
+
+# ----------------------------------------------------------------- out=
+
+OUT_NAMES = KERNEL_NAMES + ("layer_norm", "group_norm", "layer_norm_backward", "group_norm_backward")
+
+
+def out_case(name, rng, dtype):
+    """(call, like, data): call(out) runs the public function `name` on fixed data; like is the array out
+    takes the place of (x, or dy for a backward)."""
+    x = random_x((5, 4, 6), 1, dtype, rng, offset=-7.0)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    if name in ENTRY:
+        params = make_params(name, x, 1, rng)
+        if name == "batch_norm_backward":
+            params["dy"] = dy
+
+        def call_with(out):
+            p = copy_params(params)
+            if out is not None:
+                p["out"] = out
+            return call(getattr(bnext, name), p)
+        return call_with, (params["dy"] if name == "batch_norm_backward" else params["x"])
+    weight = (1 + 0.1 * rng.standard_normal(4)).astype(dtype)
+    if name == "layer_norm":
+        return (lambda out: bnext.layer_norm(x.copy(), (4, 6), None, None, out=out)), x
+    if name == "group_norm":
+        return (lambda out: bnext.group_norm(x.copy(), 2, weight, None, out=out)), x
+    if name == "layer_norm_backward":
+        _, mean, invstd = bnext.layer_norm(x, 6)
+        return (lambda out: bnext.layer_norm_backward(dy.copy(), x, mean, invstd, normalized_shape=6, out=out)), dy
+    _, mean, invstd = bnext.group_norm(x, 2)
+    return (lambda out: bnext.group_norm_backward(dy.copy(), x, mean, invstd, weight, num_groups=2, out=out)), dy
+
+
+@pytest.mark.parametrize("name", OUT_NAMES)
+def test_small_call_writes_a_given_out(name, dtype, rng):
+    call_with, like = out_case(name, rng, dtype)
+    expected = call_with(None)
+    out = np.full_like(like, np.nan)
+    actual = call_with(out)
+    first = actual[0] if isinstance(actual, tuple) else actual
+    assert first is out
+    assert_same_bits(list(actual) if isinstance(actual, tuple) else [actual],
+                     list(expected) if isinstance(expected, tuple) else [expected])
+
+
+@pytest.mark.parametrize("kind", ("misaligned_overlap", "strided", "readonly"))
+def test_small_entries_decline_outs_they_cannot_write_directly(kind, rng):
+    base = random_x((4 * 3 * 5 + 1,), 0, np.float32, rng)
+    x = base[:-1].reshape(4, 3, 5)
+    params = make_params("batch_norm_eval", x, 1, rng)
+    if kind == "misaligned_overlap":
+        out = base[1:].reshape(4, 3, 5)  # shares all but one value with x, shifted by one
+    elif kind == "strided":
+        out = np.empty((4, 3, 10), np.float32)[:, :, ::2]
+    else:
+        out = np.empty_like(x)
+        out.flags.writeable = False
+    assert small_calls.eval(*entry_args("batch_norm_eval", params, out)) is None
+    if kind == "readonly":
+        with pytest.raises(ValueError, match="read-only"):
+            bnext.batch_norm_eval(x, params["running_mean"], params["running_var"], out=out)
+        return
+    expected = bnext.batch_norm_eval(x.copy(), params["running_mean"], params["running_var"],
+                                     params["weight"], params["bias"])
+    result = bnext.batch_norm_eval(x, params["running_mean"], params["running_var"], params["weight"],
+                                   params["bias"], out=out)  # the checked path, through a scratch array
+    assert result is out
+    assert_same_bits([np.ascontiguousarray(result)], [expected])
+
+
+@pytest.mark.parametrize("target", ("dy", "x"))
+@pytest.mark.parametrize("name", ("batch_norm_backward", "layer_norm_backward", "group_norm_backward"))
+def test_small_backward_in_place(name, target, dtype, rng):
+    """dx may be written over dy or x itself, as on the checked path."""
+    x = random_x((5, 4, 6), 1, dtype, rng, offset=3.0)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    calls = {
+        "batch_norm_backward": lambda g, a, out: bnext.batch_norm_backward(g, a, *bnext.batch_norm_train(x)[1:],
+                                                                           out=out),
+        "layer_norm_backward": lambda g, a, out: bnext.layer_norm_backward(g, a, *bnext.layer_norm(x, 6)[1:],
+                                                                           normalized_shape=6, out=out),
+        "group_norm_backward": lambda g, a, out: bnext.group_norm_backward(g, a, *bnext.group_norm(x, 2)[1:],
+                                                                           num_groups=2, out=out),
+    }
+    expected = calls[name](dy.copy(), x.copy(), None)
+    g, a = dy.copy(), x.copy()
+    out = g if target == "dy" else a
+    actual = calls[name](g, a, out)
+    assert actual[0] is out
+    assert_same_bits(list(actual), list(expected))
+
+
+@pytest.mark.parametrize("name", ("batch_norm_train", "batch_norm_eval", "layer_norm", "group_norm"))
+def test_small_forward_in_place(name, dtype, rng):
+    x = random_x((5, 4, 6), 1, dtype, rng, offset=3.0)
+    calls = {
+        "batch_norm_train": lambda a, out: bnext.batch_norm_train(a, out=out),
+        "batch_norm_eval": lambda a, out: bnext.batch_norm_eval(a, np.zeros(4), np.ones(4), out=out),
+        "layer_norm": lambda a, out: bnext.layer_norm(a, 6, out=out),
+        "group_norm": lambda a, out: bnext.group_norm(a, 2, out=out),
+    }
+    expected = calls[name](x.copy(), None)
+    inplace = x.copy()
+    actual = calls[name](inplace, inplace)
+    first = actual[0] if isinstance(actual, tuple) else actual
+    assert first is inplace
+    assert_same_bits(list(actual) if isinstance(actual, tuple) else [actual],
+                     list(expected) if isinstance(expected, tuple) else [expected])
