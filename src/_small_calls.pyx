@@ -6,7 +6,8 @@
 # inputs under PARALLEL_MIN_VALUES values - which the kernels run on one thread anyway - the public functions
 # (bnext/batch_norm.py, layer_norm.py, group_norm.py, instance_norm.py) first offer their arguments here. A call is taken when
 # every argument is in its plain form: exact ndarrays of native, aligned float32/float64 (strides in whole
-# elements), x C-contiguous, float eps and momentum, int axis and group counts, no out. Anything else
+# elements), x C-contiguous, float eps and momentum, int axis and group counts, out None or a C-contiguous
+# array that is x (dy) itself or shares no memory with the inputs. Anything else
 # returns None and takes the Python path, which checks everything and raises the errors: so nothing here
 # raises for bad input, an argument that is not plainly valid is just not the common case.
 #
