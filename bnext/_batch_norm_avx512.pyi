@@ -8,3 +8,4 @@ from ._batch_norm import build_flags as build_flags
 from ._batch_norm import train_forward as train_forward
 from ._batch_norm import eval_forward as eval_forward
 from ._batch_norm import update_running as update_running
+from ._batch_norm import update_running_over_rows as update_running_over_rows

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _small_calls as small_calls
 from . import _validation as check
-from .batch_norm import update_running
+from ._dispatch import kernels
 from .group_norm import _LAYOUT_NOTE, _backward, _check_backward, _forward
 from ._typing import ArrayLike, FloatArray
 
@@ -55,6 +55,9 @@ def instance_norm(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike
     >>> np.round(y, 3)
     array([[[-1.683,  0.106,  1.894,  3.683]]])
     """
+    small = small_calls.instance_norm(x, weight, bias, eps, running_mean, running_var, momentum, use_input_stats, out)
+    if small is not None:
+        return small
     x = check.batch_input("x", x)
     n, n_channels = x.shape[:2]
     weight = check.channel_vector("weight", weight, n_channels)
@@ -79,8 +82,9 @@ def instance_norm(x: ArrayLike, weight: ArrayLike | None = None, bias: ArrayLike
     y, mean, var, invstd = _forward(x, n_channels, weight, bias, eps, out)
     assert var is not None  # batch statistics were computed
     if x.size > 0:
-        update_running(running_mean, mean.mean(axis=0), 1.0, momentum)
-        update_running(running_var, (var * (spatial / (spatial - 1))).mean(axis=0), 1.0, momentum)
+        for buffer, rows, factor in ((running_mean, mean, 1.0), (running_var, var, spatial / (spatial - 1))):
+            if buffer is not None:
+                kernels.update_running_over_rows(buffer, rows, factor, momentum)
     return y, mean.astype(y.dtype), invstd.astype(y.dtype)
 
 

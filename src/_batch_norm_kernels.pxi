@@ -589,6 +589,25 @@ cdef void update_running_into(floating* buffer, Py_ssize_t stride, Py_ssize_t C,
         buffer[c * stride] = <floating>((1.0 - momentum) * buffer[c * stride] + momentum * (batch[c] * factor))
 
 
+def update_running_over_rows(floating[:] buffer, const double[:, ::1] rows, double factor, double momentum):
+    """update_running with batch = the mean over rows of rows * factor (instance norm: a row per sample)."""
+    update_running_rows_into(&buffer[0], buffer.strides[0] // sizeof(floating), buffer.shape[0], &rows[0, 0],
+                             rows.shape[0], factor, momentum)
+
+
+cdef void update_running_rows_into(floating* buffer, Py_ssize_t stride, Py_ssize_t C, const double* rows,
+                                   Py_ssize_t n_rows, double factor, double momentum) noexcept nogil:
+    # Each column's mean, its rows added in order; then update_running_into's formula with factor 1.
+    cdef Py_ssize_t c, r
+    cdef double acc
+    for c in range(C):
+        acc = 0.0
+        for r in range(n_rows):
+            acc += rows[r * C + c] * factor
+        acc = acc / <double>n_rows
+        update_running_into(buffer + c * stride, stride, 1, &acc, 1.0, momentum)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Normalization: y = ((x - mean_hi) - mean_lo) * scale + shift per channel. Memory passes: read x, write y.
 

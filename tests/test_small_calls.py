@@ -513,3 +513,44 @@ def test_small_forward_in_place(name, dtype, rng):
     assert first is inplace
     assert_same_bits(list(actual) if isinstance(actual, tuple) else [actual],
                      list(expected) if isinstance(expected, tuple) else [expected])
+
+
+# ----------------------------------------------------------------- instance norm forward
+
+@pytest.mark.parametrize("running", ("none", "float32", "float64"))
+@pytest.mark.parametrize("shape", ((2, 4, 3, 3), (5, 3, 7), (1, 2, 2)), ids=("NCHW", "NCL", "two_values"))
+def test_small_instance_norm_gives_the_bits_of_the_checked_path(shape, running, dtype, rng):
+    x = random_x(shape, 1, dtype, rng, offset=60.0)
+    weight = (1 + 0.1 * rng.standard_normal(shape[1])).astype(dtype)
+    buffers = {}
+    if running != "none":
+        buffers = {"running_mean": rng.standard_normal(shape[1]).astype(running),
+                   "running_var": rng.uniform(0.5, 2, shape[1]).astype(running)}
+    checked_buffers = copy_params(buffers)
+    assert small_calls.instance_norm(x, weight, None, 1e-5, *(copy_params(buffers).get(k) for k in
+                                                               ("running_mean", "running_var")), 0.1, True,
+                                     None) is not None
+    expected = bnext.instance_norm(x, weight, eps=np.float64(1e-5), **checked_buffers)  # the checked path
+    actual = bnext.instance_norm(x, weight, **buffers)
+    assert_same_bits(list(actual) + list(buffers.values()), list(expected) + list(checked_buffers.values()))
+
+
+INSTANCE_UNCOMMON = {
+    "given_stats": lambda p: {**p, "use_input_stats": False},
+    "truthy_int_flag": lambda p: {**p, "use_input_stats": 1},
+    "one_spatial_value": lambda p: {**p, "x": p["x"][:, :, :1].copy()},
+    "readonly_running": lambda p: {**p, "running_mean": np.zeros(3, np.float32)[::1].view()},
+    "short_bias": lambda p: {**p, "bias": np.zeros(2, np.float32)},
+    "inf_momentum": lambda p: {**p, "momentum": float("inf")},
+}
+
+
+@pytest.mark.parametrize("kind", INSTANCE_UNCOMMON)
+def test_uncommon_instance_norm_arguments_are_declined(kind, rng):
+    p = {"x": random_x((4, 3, 5), 1, np.float32, rng), "weight": None, "bias": None, "eps": 1e-5,
+         "running_mean": None, "running_var": None, "momentum": 0.1, "use_input_stats": True}
+    p = INSTANCE_UNCOMMON[kind](p)
+    if kind == "readonly_running":
+        p["running_mean"].flags.writeable = False
+    assert small_calls.instance_norm(p["x"], p["weight"], p["bias"], p["eps"], p["running_mean"],
+                                     p["running_var"], p["momentum"], p["use_input_stats"], None) is None
