@@ -21,7 +21,8 @@ from _affine cimport affine_run, split_mean_value
 from _stream cimport STAGE, piece_length, stream_fence, stream_output, stream_values
 from _parallel cimport kernel_threads
 from _prefetch cimport prefetch_bytes
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
+from _entry cimport checked_malloc, optional_data
 
 from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_merge, make_plan,
                        item_block, item_channel, merge_blocks, plan_block, run_gradient_sums,
@@ -128,7 +129,7 @@ cdef struct Shape3:
 
 cdef struct Strides3:
     # One array's strides in that view, in elements. The kernels' cores take a pointer with these rather
-    # than a typed memoryview, so the small-call entries (_small_calls.pxi) can run them on an ndarray's
+    # than a typed memoryview, so the small-call entries (_small_calls.pyx) can run them on an ndarray's
     # data without building memoryviews (a few hundred ns each).
     Py_ssize_t outer
     Py_ssize_t channel
@@ -149,20 +150,6 @@ cdef inline Strides3 strides_of(const floating[:, :, :] v) noexcept nogil:
     t.channel = v.strides[1] // sizeof(floating)
     t.inner = v.strides[2] // sizeof(floating)
     return t
-
-
-cdef inline const double* optional_data(const double[::1] v) noexcept:
-    # An absent weight or bias (None): NULL, which the cores read as 1 or 0.
-    if v is None:
-        return NULL
-    return &v[0]
-
-
-cdef void* checked_malloc(size_t n_bytes) except NULL:
-    cdef void* p = malloc(n_bytes if n_bytes > 0 else 1)
-    if p == NULL:
-        raise MemoryError(f"bnext could not allocate {n_bytes} bytes of scratch space")
-    return p
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ every reduction is summed in a fixed order, so results are bitwise identical for
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport free
+from _entry cimport checked_malloc, optional_data
 
 from _moments cimport (BLOCK, HALF_LANES, LANES, Block, BlockPlan, Moments, block_moments, chan_merge,
                        fold_lanes, make_plan, plan_block)
@@ -23,13 +24,6 @@ from _affine cimport affine_run, split_mean_value
 from _stream cimport STAGE, piece_length, stream_fence, stream_output, stream_values
 from _parallel cimport kernel_threads
 from _prefetch cimport PREFETCH_MAX_BYTES, prefetch_bytes
-
-
-cdef void* family_malloc(size_t n_bytes) except NULL:
-    cdef void* p = malloc(n_bytes if n_bytes > 0 else 1)
-    if p == NULL:
-        raise MemoryError(f"bnext could not allocate {n_bytes} bytes of scratch space")
-    return p
 
 
 cdef struct RowItems:
@@ -70,7 +64,7 @@ def column_affine(const floating[:, ::1] x, const double[::1] mean, const double
 cdef int column_affine_into(const floating* px, Py_ssize_t n_rows, Py_ssize_t length, Py_ssize_t xs,
                             const double* mean, const double* invstd, const double* weight, const double* bias,
                             floating* py, Py_ssize_t ys, int n_threads) except -1:
-    cdef floating* vectors = <floating*>family_malloc(2 * length * sizeof(floating))
+    cdef floating* vectors = <floating*>checked_malloc(2 * length * sizeof(floating))
     cdef floating* weight_f = vectors
     cdef floating* bias_f = vectors + length
     cdef RowItems it = row_items(n_rows, length)
@@ -172,7 +166,7 @@ cdef int layer_norm_forward_into(const floating* px, Py_ssize_t n_rows, Py_ssize
                                  const double* weight, const double* bias, double eps, double* mean_out,
                                  double* var_out, double* invstd_out, floating* py, Py_ssize_t ys,
                                  int n_threads) except -1:
-    cdef floating* vectors = <floating*>family_malloc(2 * length * sizeof(floating))
+    cdef floating* vectors = <floating*>checked_malloc(2 * length * sizeof(floating))
     cdef floating* weight_f = vectors
     cdef floating* bias_f = vectors + length
     cdef Py_ssize_t r, i
@@ -234,7 +228,7 @@ cdef int group_norm_forward_into(const floating* px, Py_ssize_t n_rows, Py_ssize
                                  double* invstd_out, floating* py, Py_ssize_t ys, int n_threads) except -1:
     cdef Py_ssize_t per_group = length // spatial
     cdef Py_ssize_t groups = n_channels // per_group
-    cdef floating* bias_f = <floating*>family_malloc(n_channels * sizeof(floating))
+    cdef floating* bias_f = <floating*>checked_malloc(n_channels * sizeof(floating))
     cdef Py_ssize_t r, c, first, k, r0, r1
     cdef Py_ssize_t R = rows_per_pass(length * sizeof(floating)), n_blocks = (n_rows + R - 1) // R
     cdef bint stream = stream_output(n_rows * length, spatial, sizeof(floating))
@@ -310,8 +304,8 @@ cdef int layer_norm_gradient_into(const floating* pg, Py_ssize_t gs, const float
                                   double* dbias_out, int n_threads) except -1:
     cdef Py_ssize_t R = column_rows_per_block(n_rows)
     cdef Py_ssize_t n_blocks = (n_rows + R - 1) // R
-    cdef double* parts = <double*>family_malloc(2 * n_blocks * length * sizeof(double))
-    cdef floating* weight_f = <floating*>family_malloc(length * sizeof(floating))
+    cdef double* parts = <double*>checked_malloc(2 * n_blocks * length * sizeof(double))
+    cdef floating* weight_f = <floating*>checked_malloc(length * sizeof(floating))
     cdef Py_ssize_t k, i
     n_threads = kernel_threads(n_rows * length, n_threads)
     try:
@@ -414,17 +408,10 @@ def group_norm_coefficients(const double[::1] sum_dy, const double[::1] sum_dy_x
     sum_dy and sum_dy_xmu hold each (n, c) row's sum(dy) and sum(dy * (x - mean)) (N * C values), invstd
     the (n, g) values (N * G), weight C values or None (1); count = values per group.
     """
-    group_norm_coefficients_into(&sum_dy[0], &sum_dy_xmu[0], &invstd[0], optional_values(weight),
+    group_norm_coefficients_into(&sum_dy[0], &sum_dy_xmu[0], &invstd[0], optional_data(weight),
                                  dbias_out.shape[0], n_groups, sum_dy.shape[0] // dbias_out.shape[0], count,
                                  batch_stats, &dweight_out[0], &dbias_out[0], &dy_scale_out[0], &coef_1_out[0],
                                  &coef_x_hat_out[0])
-
-
-cdef inline const double* optional_values(const double[::1] v) noexcept:
-    # An absent weight (None): NULL, read as 1.
-    if v is None:
-        return NULL
-    return &v[0]
 
 
 cdef void group_norm_coefficients_into(const double* sum_dy, const double* sum_dy_xmu, const double* invstd,
