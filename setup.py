@@ -111,7 +111,9 @@ class BuildExtWithOpenMP(build_ext):
         if not use_openmp and wanted != "0":
             warnings.warn("OpenMP not available: bnext is built single-threaded", stacklevel=1)
         msvc = self.compiler.compiler_type == "msvc"
-        optimise = ["/O2"] if msvc else ["-O0" if DEBUG else "-O3", "-ffp-contract=off"]
+        # -fno-math-errno: sqrt never sets errno, so loops over rows that take square roots vectorize
+        # (the square root is correctly rounded either way: the results do not change).
+        optimise = ["/O2"] if msvc else ["-O0" if DEBUG else "-O3", "-ffp-contract=off", "-fno-math-errno"]
         if msvc or not simd_builds_possible():
             self.extensions = [e for e in self.extensions if not SIMD_FLAGS.get(e.name)]
         for ext in self.extensions:

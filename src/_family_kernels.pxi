@@ -19,7 +19,7 @@ from libc.stdlib cimport free
 from _entry cimport checked_malloc, optional_data
 
 from _moments cimport (BLOCK, HALF_LANES, LANES, Block, BlockPlan, Moments, block_moments, chan_merge,
-                       fold_lanes, make_plan, plan_block)
+                       fold_lanes, make_plan, plan_block, run_shifted_sums, shifted_to_moments)
 from _affine cimport affine_run, split_mean_value
 from _stream cimport STAGE, piece_length, stream_fence, stream_output, stream_values
 from _parallel cimport kernel_threads
@@ -117,17 +117,50 @@ cdef inline void column_affine_run(const floating* x, floating* y, Py_ssize_t n,
 
 cdef enum:
     # Layer norm over rows of at most this many values takes batch_stats' short-row path + column_affine
-    # instead of the fused row kernel (measured: rows of 7 values 12.7 vs 24.4 ms, rows of 56 values 10.7
-    # vs 7.0 ms, on 1 thread). bnext/layer_norm.py and the small-call entry both choose by it.
-    LAYER_NORM_SHORT_ROW = 16
+    # instead of the fused row kernel. Since the fused kernel takes short rows in groups (rows_stats), it
+    # is as fast or faster from 2 values on (1M rows of 2 / 4 values: 24.4 / 25.6 ms against 26.5 / 28.8 ms,
+    # 458752 rows of 16: 6.0 against 12.7 ms, 1 thread); rows of one value still take half the time on the
+    # short path (11.0 against 22.4 ms). bnext/layer_norm.py and the small-call entry both choose by it.
+    LAYER_NORM_SHORT_ROW = 1
 
 SHORT_LAYER_ROW = LAYER_NORM_SHORT_ROW
 
 
+cdef enum:
+    # How the fused forwards (layer and group norm) take their rows:
+    # - rows of at most ROW_GROUP_BYTES // 2 in groups of about ROW_GROUP_BYTES, which stay in L1 from the
+    #   statistics (rows_stats) to the normalize. Row by row, each row's statistics ended in a chain of
+    #   dependent divisions and a square root that held up the next row (1 thread: group norm of (256, 1024)
+    #   with 32 groups, rows of 32 values, 0.26 -> 0.11 ms; layer norm over rows of 56 values 6.0 -> 3.2 ms);
+    # - rows of at most PREFETCH_MAX_BYTES one at a time, the next one prefetched meanwhile;
+    # - longer rows in blocks of about PASS_BYTES: the statistics pass reads the block as one stream, and the
+    #   normalize pass finds it in L2. Row by row, each row's read waited for the previous row's normalize
+    #   (the hardware prefetcher had stopped meanwhile): group norm of 32x64x56x56 with 32 groups (25 KiB
+    #   rows) 2.0 -> 1.65 ms. Rows of 3 KiB were slower in such blocks (128x512x7x7: 1.2 vs 0.9 ms).
+    ROW_GROUP_BYTES = 8192
+    PASS_BYTES = 256 * 1024
+
+
+cdef inline Py_ssize_t rows_per_pass(Py_ssize_t row_bytes) noexcept nogil:
+    if row_bytes <= ROW_GROUP_BYTES // 2:
+        return ROW_GROUP_BYTES // row_bytes
+    return 1 if row_bytes <= PREFETCH_MAX_BYTES else max(1, PASS_BYTES // row_bytes)
+
+
+cdef inline void prefetch_next_rows(const floating* px, Py_ssize_t xs, Py_ssize_t length, Py_ssize_t r1,
+                                    Py_ssize_t R, Py_ssize_t n_rows) noexcept nogil:
+    """Ask for the next pass's rows [r1, r1 + R) (prefetch_bytes: none of a row longer than
+    PREFETCH_MAX_BYTES, whose pass the hardware prefetcher streams)."""
+    cdef Py_ssize_t r
+    for r in range(r1, min(r1 + R, n_rows)):
+        prefetch_bytes(px + r * xs, length * sizeof(floating))
+
+
 # ---------------------------------------------------------------------------------------------------------
-# Fused layer-norm forward: each row (a sample) is contiguous, so a thread takes whole rows, computes a row's
-# statistics and normalizes it right away, while it is in L1. Memory passes: read x, write y. For rows of
-# at most 16 values the per-row setup costs more than the pass saves: those use batch_stats + column_affine.
+# Fused layer-norm forward: each row (a sample) is contiguous, so a thread takes a group of whole rows
+# (rows_per_pass: rows of up to 4 KiB in groups of about 8 KiB, one row of up to 8 KiB, or about 256 KiB of
+# longer rows), computes their statistics and normalizes them right away, while they are in cache. Memory
+# passes: read x, write y. Rows of one value use batch_stats + column_affine (LAYER_NORM_SHORT_ROW).
 
 cdef inline Moments row_moments(const floating* x, Py_ssize_t length) noexcept nogil:
     """A row's moments: its BlockPlan chunks (as batch_stats cuts a row), Chan-merged in order."""
@@ -153,6 +186,32 @@ cdef inline double store_row_stats(Moments m, double eps, double* mean_out, doub
     return invstd_out[0]
 
 
+cdef void rows_stats(const floating* px, Py_ssize_t xs, Py_ssize_t n_rows, Py_ssize_t length, double eps,
+                     double* mean_out, double* var_out, double* invstd_out) noexcept nogil:
+    """store_row_stats(row_moments(row)) for n_rows rows, the same operations in another order.
+
+    Rows shorter than BLOCK are one block each: every row's shifted sums first (kept in the outputs), then
+    their moments in one loop over the rows. Row by row, each row ended in a chain of dependent divisions
+    and a root that stalled the next row's loads; here the rows' chains are independent and overlap.
+    """
+    cdef Py_ssize_t r
+    cdef double count = <double>length
+    cdef Moments m
+    if length >= BLOCK:
+        for r in range(n_rows):
+            store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r], &invstd_out[r])
+        return
+    for r in range(n_rows):
+        mean_out[r] = px[r * xs]  # the shift: the row's first value, as block_moments takes it
+        var_out[r] = 0.0
+        invstd_out[r] = 0.0
+        run_shifted_sums(px + r * xs, length, 1, mean_out[r], &var_out[r], &invstd_out[r])
+    for r in range(n_rows):
+        m.count = count
+        shifted_to_moments(count, mean_out[r], var_out[r], invstd_out[r], &m.mean, &m.m2)
+        store_row_stats(m, eps, &mean_out[r], &var_out[r], &invstd_out[r])
+
+
 def layer_norm_forward(const floating[:, ::1] x, const double[::1] weight, const double[::1] bias, double eps,
                        double[::1] mean_out, double[::1] var_out, double[::1] invstd_out,
                        floating[:, ::1] y_out, int n_threads):
@@ -169,8 +228,8 @@ cdef int layer_norm_forward_into(const floating* px, Py_ssize_t n_rows, Py_ssize
     cdef floating* vectors = <floating*>checked_malloc(2 * length * sizeof(floating))
     cdef floating* weight_f = vectors
     cdef floating* bias_f = vectors + length
-    cdef Py_ssize_t r, i
-    cdef double invstd
+    cdef Py_ssize_t r, i, k, r0, r1
+    cdef Py_ssize_t R = rows_per_pass(length * sizeof(floating)), n_blocks = (n_rows + R - 1) // R
     cdef bint stream = stream_output(n_rows * length, length, sizeof(floating))
     n_threads = kernel_threads(n_rows * length, n_threads)
     try:
@@ -179,13 +238,15 @@ cdef int layer_norm_forward_into(const floating* px, Py_ssize_t n_rows, Py_ssize
                 weight_f[i] = <floating>weight[i]
                 bias_f[i] = <floating>bias[i]
             with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-                for r in prange(n_rows, schedule="static"):
-                    invstd = store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r],
-                                             &invstd_out[r])
-                    if r + 1 < n_rows:
-                        prefetch_bytes(px + (r + 1) * xs, length * sizeof(floating))
-                    column_affine_run(px + r * xs, py + r * ys, length, mean_out[r], <floating>invstd,
-                                      weight_f, bias_f, stream)
+                for k in prange(n_blocks, schedule="static"):
+                    r0 = k * R
+                    r1 = min(r0 + R, n_rows)
+                    rows_stats(px + r0 * xs, xs, r1 - r0, length, eps, &mean_out[r0], &var_out[r0],
+                               &invstd_out[r0])
+                    prefetch_next_rows(px, xs, length, r1, R, n_rows)
+                    for r in range(r0, r1):
+                        column_affine_run(px + r * xs, py + r * ys, length, mean_out[r], <floating>invstd_out[r],
+                                          weight_f, bias_f, stream)
                 if stream:
                     stream_fence()
     finally:
@@ -193,24 +254,11 @@ cdef int layer_norm_forward_into(const floating* px, Py_ssize_t n_rows, Py_ssize
     return 0
 
 
-cdef enum:
-    # Group norm's rows longer than PREFETCH_MAX_BYTES are normalized in blocks of rows of about this many
-    # bytes: the statistics pass reads the block as one stream, and the normalize pass finds it in L2. Row
-    # by row, each row's read waited for the previous row's normalize (the hardware prefetcher had stopped
-    # meanwhile): 32x64x56x56 with 32 groups (25 KiB rows) 2.0 -> 1.65 ms. Shorter rows go one at a time
-    # with the next one prefetched, which was faster for them (128x512x7x7, 3 KiB rows: 0.9 vs 1.2 ms).
-    PASS_BYTES = 256 * 1024
-
-
-cdef inline Py_ssize_t rows_per_pass(Py_ssize_t row_bytes) noexcept nogil:
-    return 1 if row_bytes <= PREFETCH_MAX_BYTES else max(1, PASS_BYTES // row_bytes)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Fused group-norm forward: a row is one (sample, group) pair, C / G channels of `spatial` values each,
-# contiguous in C-ordered (N, C, *) data. A thread takes a block of rows (rows_per_pass: one short row, or
-# about PASS_BYTES of long ones), computes their statistics, asks for the next block's first row, and
-# normalizes the block while it is in cache with a per-channel affine:
+# contiguous in C-ordered (N, C, *) data. A thread takes a block of rows (rows_per_pass), computes their
+# statistics, asks for the next block's rows (when short), and normalizes the block while it is in cache
+# with a per-channel affine:
 # y = ((x - mean_hi) - mean_lo) * (invstd * weight[c]) + bias[c]. Memory passes: read x, write y.
 
 def group_norm_forward(const floating[:, ::1] x, Py_ssize_t spatial, const double[::1] weight,
@@ -241,11 +289,9 @@ cdef int group_norm_forward_into(const floating* px, Py_ssize_t n_rows, Py_ssize
                 for k in prange(n_blocks, schedule="static"):
                     r0 = k * R
                     r1 = min(r0 + R, n_rows)
-                    for r in range(r0, r1):
-                        store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r],
-                                        &invstd_out[r])
-                    if r1 < n_rows:
-                        prefetch_bytes(px + r1 * xs, length * sizeof(floating))
+                    rows_stats(px + r0 * xs, xs, r1 - r0, length, eps, &mean_out[r0], &var_out[r0],
+                               &invstd_out[r0])
+                    prefetch_next_rows(px, xs, length, r1, R, n_rows)
                     for r in range(r0, r1):
                         first = (r % groups) * per_group
                         group_affine_row(px + r * xs, py + r * ys, per_group, spatial, mean_out[r],

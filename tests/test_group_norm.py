@@ -8,7 +8,8 @@ from bn_helpers import bitwise_equal
 from bnext import reference
 from family_helpers import assert_all_close, dx_scale, check_gradients, laid_out
 
-# name -> (shape, num_groups): short spatial rows, long groups (>= 4096 values), no spatial axes, G = 1, G = C.
+# name -> (shape, num_groups): short spatial rows, long groups (>= 4096 values), no spatial axes, G = 1, G = C,
+# short rows in several groups of rows and a partial last group (the fused kernel's rows_per_pass).
 CASES = {
     "NCHW-g2": ((3, 4, 5, 6), 2),
     "NCL-g1": ((4, 6, 7), 1),
@@ -17,6 +18,7 @@ CASES = {
     "long-groups": ((2, 4, 70, 70), 2),
     "one-sample": ((1, 8, 9), 4),
     "rank5": ((2, 6, 2, 3, 4), 3),
+    "row-groups": ((300, 8, 2), 4),
 }
 
 

@@ -8,7 +8,8 @@ from bn_helpers import bitwise_equal
 from bnext import reference
 from family_helpers import assert_all_close, dx_scale, check_gradients, laid_out
 
-# name -> (shape, normalized_shape): short, medium and long rows (>= the 4096-value block), one value, 1 row.
+# name -> (shape, normalized_shape): short, medium and long rows (>= the 4096-value block), one value, 1 row,
+# short rows in several groups of rows and a partial last group (the fused kernel's rows_per_pass).
 CASES = {
     "rows3x5x6-last": ((3, 5, 6), (6,)),
     "rows3-last2": ((3, 4, 5), (4, 5)),
@@ -17,6 +18,7 @@ CASES = {
     "one-row": ((1, 300), (300,)),
     "long-rows": ((3, 5000), (5000,)),
     "many-rows": ((130, 7), (7,)),
+    "row-groups": ((700, 5), (5,)),
     "whole-array": ((2, 3, 4), (2, 3, 4)),
 }
 

@@ -229,8 +229,10 @@ def test_small_call_outputs_are_new_arrays_of_x_dtype(name, dtype, rng):
 
 # ----------------------------------------------------------------- layer and group norm forward
 
-# name -> (shape, normalized_shape): rows short (batch_stats + column_affine) and long (the fused row kernel)
+# name -> (shape, normalized_shape): rows of one value (batch_stats + column_affine) and longer ones (the
+# fused row kernel, which takes rows of up to 4 KiB in groups and longer ones one at a time)
 LAYER_CASES = {
+    "rows_of_1": ((6, 1), 1),
     "rows_of_4": ((6, 4), 4),
     "rows_of_16": ((5, 16), (16,)),
     "rows_of_17": ((5, 17), 17),
