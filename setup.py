@@ -57,10 +57,13 @@ SIMD_FLAGS = {
     "bnext._family": [],
     "bnext._family_avx2": ["-mavx2", "-mfma"],
     "bnext._family_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
-    # The batch-norm kernels once more for small common-case calls (src/_small_calls.pyx), without OpenMP.
+    # The small common-case calls (src/_small_calls.pxi, which includes both kernel sources), the same three
+    # ways but without OpenMP.
     "bnext._small_calls": [],
+    "bnext._small_calls_avx2": ["-mavx2", "-mfma"],
+    "bnext._small_calls_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
 }
-SERIAL_BUILDS = {"bnext._small_calls"}
+SERIAL_BUILDS = {"bnext._small_calls", "bnext._small_calls_avx2", "bnext._small_calls_avx512"}
 
 
 def simd_builds_possible():

@@ -1,4 +1,5 @@
-# Stub of the small-call entries (src/_small_calls.pyx): each returns None when the call is not a small
+# Stub of the small-call entries (src/_small_calls.pxi, compiled three times: _small_calls, _small_calls_avx2,
+# _small_calls_avx512; the other two stubs re-export this one): each returns None when the call is not a small
 # common-case one, and the caller takes the checked Python path.
 
 from typing import Any

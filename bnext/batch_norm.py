@@ -10,9 +10,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from . import _small_calls as small_calls
 from . import _validation as check
-from ._dispatch import kernels
+from ._dispatch import kernels, small_calls
 from ._layout import Output, readable_view, stores_channels_last
 from ._threads import get_num_threads
 from ._typing import Array, ArrayLike, FloatArray

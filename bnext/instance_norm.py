@@ -5,9 +5,8 @@ from typing import cast
 
 import numpy as np
 
-from . import _small_calls as small_calls
 from . import _validation as check
-from ._dispatch import kernels
+from ._dispatch import kernels, small_calls
 from .group_norm import _LAYOUT_NOTE, _backward, _check_backward, _forward
 from ._typing import ArrayLike, FloatArray
 

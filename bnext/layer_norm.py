@@ -12,9 +12,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from . import _small_calls as small_calls
 from . import _validation as check
-from ._dispatch import family_kernels, kernels
+from ._dispatch import family_kernels, kernels, small_calls
 from ._layout import RowsOutput
 from ._threads import get_num_threads
 from ._typing import Array, ArrayLike, FloatArray

@@ -129,7 +129,7 @@ cdef struct Shape3:
 
 cdef struct Strides3:
     # One array's strides in that view, in elements. The kernels' cores take a pointer with these rather
-    # than a typed memoryview, so the small-call entries (_small_calls.pyx) can run them on an ndarray's
+    # than a typed memoryview, so the small-call entries (_small_calls.pxi) can run them on an ndarray's
     # data without building memoryviews (a few hundred ns each).
     Py_ssize_t outer
     Py_ssize_t channel

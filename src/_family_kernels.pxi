@@ -363,17 +363,42 @@ cdef int layer_norm_gradient_into(const floating* pg, Py_ssize_t gs, const float
                 layer_norm_gradient_block(pg, gs, px, xs, pd, ds, k * R, min(R, n_rows - k * R), length,
                                           mean, invstd, weight, weight_f,
                                           parts + 2 * k * length, parts + (2 * k + 1) * length)
-            for i in prange(length, num_threads=n_threads, schedule="static",
-                            use_threads_if=n_threads > 1):
-                dbias_out[i] = 0.0
-                dweight_out[i] = 0.0
-                for k in range(n_blocks):
-                    dbias_out[i] += parts[2 * k * length + i]
-                    dweight_out[i] += parts[(2 * k + 1) * length + i]
+            for k in prange((length + COLUMN_CHUNK - 1) // COLUMN_CHUNK, num_threads=n_threads,
+                            schedule="static", use_threads_if=n_threads > 1):
+                i = k * COLUMN_CHUNK
+                sum_columns(parts + i, n_blocks, 2 * length, min(COLUMN_CHUNK, length - i), dbias_out + i)
+                sum_columns(parts + length + i, n_blocks, 2 * length, min(COLUMN_CHUNK, length - i),
+                            dweight_out + i)
     finally:
         free(parts)
         free(weight_f)
     return 0
+
+
+cdef enum:
+    # Columns summed at once by sum_columns (its local accumulators: 4 KiB).
+    COLUMN_CHUNK = 512
+
+
+cdef void sum_columns(const double* parts, Py_ssize_t n_blocks, Py_ssize_t block_stride, Py_ssize_t n,
+                      double* out) noexcept nogil:
+    """out[i] = the sum over blocks k, in block order, of parts[k * block_stride + i], for i < n <= COLUMN_CHUNK.
+
+    Block by block over all n columns: a local accumulator array (which nothing aliases) lets the loop
+    over columns vectorize; summing each column down its blocks was a strided scalar loop that took 40% of
+    layer_norm_backward on (8, 768).
+    """
+    cdef double acc[COLUMN_CHUNK]
+    cdef const double* p
+    cdef Py_ssize_t i, k
+    for i in range(n):
+        acc[i] = 0.0
+    for k in range(n_blocks):
+        p = parts + k * block_stride
+        for i in range(n):
+            acc[i] += p[i]
+    for i in range(n):
+        out[i] = acc[i]
 
 
 cdef void layer_norm_gradient_block(const floating* dy, Py_ssize_t gs, const floating* x, Py_ssize_t xs,

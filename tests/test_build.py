@@ -1,4 +1,5 @@
-"""The build: OpenMP present when expected, and every SIMD build of the kernels gives the same bits."""
+"""The build: OpenMP present when expected, and every SIMD build of the kernels (and of the small-call entries)
+gives the same bits."""
 
 import importlib
 import os
@@ -32,6 +33,7 @@ def test_dispatch_picks_the_fastest_available_build():
     expected = os.environ.get("BNEXT_SIMD") or builds[-1]
     assert _dispatch.simd_path == expected
     assert _dispatch.kernels.__name__ == _dispatch._MODULES[expected]
+    assert _dispatch.small_calls.__name__ == _dispatch._MODULES[expected].replace("_batch_norm", "_small_calls")
 
 
 def run_python(code, **env):
@@ -83,6 +85,39 @@ def test_simd_builds_are_bitwise_identical(shape, dtype):
     for build in builds[1:]:
         other = kernel_outputs(importlib.import_module(_dispatch._MODULES[build]), x, dy)
         assert other == baseline, f"{build} differs from the baseline build"
+
+
+def small_call_outputs(module, x, dy):
+    """Every small-call entry of one build on (N, C, H, W) data, outputs concatenated as raw bytes."""
+    n_channels, length = x.shape[1], x.shape[-1]
+    weight, layer_weight = np.linspace(0.5, 2.0, n_channels), np.linspace(-1.0, 1.0, length)
+    running_mean, running_var = np.zeros(n_channels), np.ones(n_channels)
+    y, mean, invstd = module.train(x, weight, weight[::-1].copy(), 1, 1e-5, running_mean, running_var, 0.1, None)
+    outputs = [y, mean, invstd, running_mean, running_var,
+               module.eval(x, running_mean, running_var, weight, None, 1, 1e-5, None),
+               *module.backward(dy, x, mean, invstd, weight, 1, None)]
+    y, mean, invstd = module.layer_norm(x, length, layer_weight, None, 1e-5, None)
+    outputs += [y, mean, invstd, *module.layer_norm_backward(dy, x, mean, invstd, layer_weight, length, None)]
+    y, mean, invstd = module.group_norm(x, 2, weight, None, 1e-5, None)
+    outputs += [y, mean, invstd, *module.group_norm_backward(dy, x, mean, invstd, weight, 2, True, None)]
+    outputs += module.instance_norm(x, weight, None, 1e-5, running_mean, running_var, 0.1, True, None)
+    return b"".join(a.tobytes() for a in outputs)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 1, 3), (8, 64, 7, 7), (3, 6, 10, 40)], ids=["tiny", "7x7", "rows-of-40"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_small_call_builds_are_bitwise_identical(shape, dtype):
+    builds = _dispatch.available_builds()
+    if len(builds) < 2:
+        pytest.skip("only one kernel build on this machine")
+    rng = np.random.default_rng(8)
+    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    modules = {build: importlib.import_module(_dispatch._MODULES[build].replace("_batch_norm", "_small_calls"))
+               for build in builds}
+    baseline = small_call_outputs(modules["baseline"], x, dy)
+    for build in builds[1:]:
+        assert small_call_outputs(modules[build], x, dy) == baseline, f"{build} differs from the baseline build"
 
 
 def test_version_is_single_sourced():

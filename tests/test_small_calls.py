@@ -1,4 +1,4 @@
-"""Small common-case calls run in compiled code (src/_small_calls.pyx): the same bits as the checked Python path,
+"""Small common-case calls run in compiled code (src/_small_calls.pxi): the same bits as the checked Python path,
 taken only for plain arguments, and declined (None) for anything else so the Python path checks and raises."""
 
 import gc
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import bnext
-from bnext import _small_calls as small_calls
+from bnext._dispatch import small_calls
 from bn_helpers import KERNEL_NAMES, bitwise_equal, call, copy_params, make_params, random_x
 
 PARALLEL_MIN_VALUES = 32768  # src/_parallel.pxd: the small-call entries take inputs below this many values
