@@ -595,8 +595,8 @@ def group_norm_backward(dy, x, mean, invstd, weight, num_groups, bint batch_stat
 
 def instance_norm(x, weight, bias, eps, running_mean, running_var, momentum, use_input_stats, out):
     """bnext.instance_norm(x, weight, bias, eps=..., running_mean=..., running_var=..., momentum=...,
-    use_input_stats=True, out=out) for a small common-case call: (y, mean, invstd), or None when the call is
-    not one (use_input_stats False takes the checked path)."""
+    use_input_stats=..., out=out) for a small common-case call: (y, mean, invstd), or None when the call is
+    not one."""
     cdef Groups g
     cdef int t = NOT_FLOAT
     cdef Py_ssize_t n_rows, spatial
@@ -608,12 +608,16 @@ def instance_norm(x, weight, bias, eps, running_mean, running_var, momentum, use
     cdef double* invstd
     if float_type(x) != NOT_FLOAT and cnp.PyArray_NDIM(<cnp.ndarray>x) >= 2:
         t = small_groups(x, cnp.PyArray_DIMS(<cnp.ndarray>x)[1], &g)  # a group per channel
-    if (t == NOT_FLOAT or use_input_stats is not True or not positive_finite(eps) or type(momentum) is not float
-            or not isfinite(<double>momentum)):
+    if (t == NOT_FLOAT or (use_input_stats is not True and use_input_stats is not False) or not positive_finite(eps)
+            or type(momentum) is not float or not isfinite(<double>momentum)):
         return None
+    if not running_buffer(running_mean, g.C) or not running_buffer(running_var, g.C):
+        return None
+    if use_input_stats is False:
+        return instance_norm_given(x, t, &g, weight, bias, <double>eps, running_mean, running_var, out)
     n_rows = g.N * g.C  # one row per (n, c): spatial values
     spatial = g.size // n_rows
-    if spatial < 2 or not running_buffer(running_mean, g.C) or not running_buffer(running_var, g.C):
+    if spatial < 2:
         return None
     stat_dims[0] = g.N
     stat_dims[1] = g.C
@@ -638,6 +642,55 @@ def instance_norm(x, weight, bias, eps, running_mean, running_var, momentum, use
                                     <double*>cnp.PyArray_DATA(<cnp.ndarray>y), spatial, 1)
         update_buffer_over_rows(running_mean, mean, g.N, 1.0, <double>momentum)
         update_buffer_over_rows(running_var, var, g.N, <double>spatial / <double>(spatial - 1), <double>momentum)
+        return y, stat_array(mean, 2, stat_dims, t), stat_array(invstd, 2, stat_dims, t)
+    finally:
+        free(w)
+
+
+cdef object instance_norm_given(object x, int t, const Groups* g, object weight, object bias, double eps,
+                                object running_mean, object running_var, object out):
+    """instance_norm with use_input_stats=False: x normalized with the running statistics, as
+    bnext/instance_norm.py does it (each (n, c) row a channel of batch norm's normalize, scale = invstd *
+    weight in double); None when a buffer is missing (the checked path raises)."""
+    cdef Py_ssize_t C = g.C, n_rows = g.N * g.C, i, c, k
+    cdef Shape3 s
+    cdef cnp.npy_intp stat_dims[2]
+    cdef double* w
+    cdef double* b
+    cdef double* rm
+    cdef double* rv
+    cdef double* mean
+    cdef double* invstd
+    cdef double* scale
+    cdef double* shift
+    if running_mean is None or running_var is None:
+        return None
+    stat_dims[0] = g.N
+    stat_dims[1] = C
+    w = <double*>checked_malloc((4 * C + 4 * n_rows) * sizeof(double))
+    b, rm, rv = w + C, w + 2 * C, w + 3 * C
+    mean, invstd, scale, shift = rv + C, rv + C + n_rows, rv + C + 2 * n_rows, rv + C + 3 * n_rows
+    try:
+        if not (read_or_fill(weight, 1, stat_dims + 1, C, 1.0, w) and read_or_fill(bias, 1, stat_dims + 1, C, 0.0, b)
+                and read_vector(running_mean, C, rm) and read_vector(running_var, C, rv)):
+            return None
+        y = output_for(out, x, t, None)
+        if y is None:
+            return None
+        for i in range(g.N):
+            for c in range(C):
+                k = i * C + c
+                mean[k] = rm[c]
+                invstd[k] = 1.0 / sqrt(rv[c] + eps)
+                scale[k] = invstd[k] * w[c]
+                shift[k] = b[c]
+        s.n_outer, s.C, s.n_inner = 1, n_rows, g.size // n_rows
+        if t == cnp.NPY_FLOAT:
+            normalize_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, scale,
+                           shift, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
+        else:
+            normalize_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, scale,
+                           shift, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
         return y, stat_array(mean, 2, stat_dims, t), stat_array(invstd, 2, stat_dims, t)
     finally:
         free(w)

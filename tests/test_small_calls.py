@@ -537,8 +537,26 @@ def test_small_instance_norm_gives_the_bits_of_the_checked_path(shape, running, 
     assert_same_bits(list(actual) + list(buffers.values()), list(expected) + list(checked_buffers.values()))
 
 
+@pytest.mark.parametrize("running", ("float32", "float64"))
+@pytest.mark.parametrize("shape", ((2, 4, 3, 3), (5, 3, 7), (3, 2, 1)), ids=("NCHW", "NCL", "one_spatial_value"))
+def test_small_instance_norm_with_running_stats_gives_the_bits_of_the_checked_path(shape, running, dtype, rng):
+    x = random_x(shape, 1, dtype, rng, offset=60.0)
+    weight = (1 + 0.1 * rng.standard_normal(shape[1])).astype(dtype)
+    bias = rng.standard_normal(shape[1]).astype(dtype)
+    buffers = {"running_mean": rng.standard_normal(shape[1]).astype(running),
+               "running_var": rng.uniform(0.5, 2, shape[1]).astype(running)}
+    saved = copy_params(buffers)
+    assert small_calls.instance_norm(x, weight, bias, 1e-5, buffers["running_mean"], buffers["running_var"], 0.1,
+                                     False, None) is not None
+    expected = bnext.instance_norm(x, weight, bias, eps=np.float64(1e-5), use_input_stats=False, **buffers)
+    actual = bnext.instance_norm(x, weight, bias, use_input_stats=False, **buffers)
+    assert_same_bits(list(actual) + list(buffers.values()), list(expected) + list(saved.values()))
+
+
 INSTANCE_UNCOMMON = {
-    "given_stats": lambda p: {**p, "use_input_stats": False},
+    "given_stats_without_buffers": lambda p: {**p, "use_input_stats": False},
+    "given_stats_without_running_var": lambda p: {**p, "use_input_stats": False,
+                                                  "running_mean": np.zeros(3, np.float32)},
     "truthy_int_flag": lambda p: {**p, "use_input_stats": 1},
     "one_spatial_value": lambda p: {**p, "x": p["x"][:, :, :1].copy()},
     "readonly_running": lambda p: {**p, "running_mean": np.zeros(3, np.float32)[::1].view()},
