@@ -178,12 +178,11 @@ cdef inline Moments row_moments(const floating* x, Py_ssize_t length) noexcept n
     return acc
 
 
-cdef inline double store_row_stats(Moments m, double eps, double* mean_out, double* var_out,
-                                   double* invstd_out) noexcept nogil:
+cdef inline void store_row_stats(Moments m, double eps, double* mean_out, double* var_out,
+                                 double* invstd_out) noexcept nogil:
     mean_out[0] = m.mean
     var_out[0] = m.m2 / m.count
     invstd_out[0] = 1.0 / sqrt(var_out[0] + eps)
-    return invstd_out[0]
 
 
 cdef void rows_stats(const floating* px, Py_ssize_t xs, Py_ssize_t n_rows, Py_ssize_t length, double eps,
@@ -197,6 +196,7 @@ cdef void rows_stats(const floating* px, Py_ssize_t xs, Py_ssize_t n_rows, Py_ss
     cdef Py_ssize_t r
     cdef double count = <double>length
     cdef Moments m
+    m.count = count
     if length >= BLOCK:
         for r in range(n_rows):
             store_row_stats(row_moments(px + r * xs, length), eps, &mean_out[r], &var_out[r], &invstd_out[r])
@@ -207,7 +207,6 @@ cdef void rows_stats(const floating* px, Py_ssize_t xs, Py_ssize_t n_rows, Py_ss
         invstd_out[r] = 0.0
         run_shifted_sums(px + r * xs, length, 1, mean_out[r], &var_out[r], &invstd_out[r])
     for r in range(n_rows):
-        m.count = count
         shifted_to_moments(count, mean_out[r], var_out[r], invstd_out[r], &m.mean, &m.m2)
         store_row_stats(m, eps, &mean_out[r], &var_out[r], &invstd_out[r])
 
