@@ -71,20 +71,26 @@ def kernel_outputs(module, x, dy):
     return b"".join(a.tobytes() for a in (mean, var, y, sum_dy, sum_dy_xmu, dx))
 
 
-@pytest.mark.parametrize("shape", [(4, 8, 300), (2, 3, 9000), (500, 24, 1), (64, 1, 1)],
-                         ids=["nchw", "long-rows", "channels-last", "one-channel"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_simd_builds_are_bitwise_identical(shape, dtype):
+def assert_builds_agree(outputs, modules, shape, dtype):
+    """outputs(module, x, dy) is the same for every available build of `modules` ("_batch_norm": the kernels,
+    "_small_calls": the small-call entries) as for the baseline build."""
     builds = _dispatch.available_builds()
     if len(builds) < 2:
         pytest.skip("only one kernel build on this machine")
     rng = np.random.default_rng(7)
     x = (1e3 + rng.standard_normal(shape)).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
-    baseline = kernel_outputs(importlib.import_module(_dispatch._MODULES["baseline"]), x, dy)
+    results = {build: outputs(importlib.import_module(_dispatch._MODULES[build].replace("_batch_norm", modules)), x, dy)
+               for build in builds}
     for build in builds[1:]:
-        other = kernel_outputs(importlib.import_module(_dispatch._MODULES[build]), x, dy)
-        assert other == baseline, f"{build} differs from the baseline build"
+        assert results[build] == results["baseline"], f"{build} differs from the baseline build"
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 300), (2, 3, 9000), (500, 24, 1), (64, 1, 1)],
+                         ids=["nchw", "long-rows", "channels-last", "one-channel"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_simd_builds_are_bitwise_identical(shape, dtype):
+    assert_builds_agree(kernel_outputs, "_batch_norm", shape, dtype)
 
 
 def small_call_outputs(module, x, dy):
@@ -107,17 +113,7 @@ def small_call_outputs(module, x, dy):
 @pytest.mark.parametrize("shape", [(2, 4, 1, 3), (8, 64, 7, 7), (3, 6, 10, 40)], ids=["tiny", "7x7", "rows-of-40"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_small_call_builds_are_bitwise_identical(shape, dtype):
-    builds = _dispatch.available_builds()
-    if len(builds) < 2:
-        pytest.skip("only one kernel build on this machine")
-    rng = np.random.default_rng(8)
-    x = (1e3 + rng.standard_normal(shape)).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    modules = {build: importlib.import_module(_dispatch._MODULES[build].replace("_batch_norm", "_small_calls"))
-               for build in builds}
-    baseline = small_call_outputs(modules["baseline"], x, dy)
-    for build in builds[1:]:
-        assert small_call_outputs(modules[build], x, dy) == baseline, f"{build} differs from the baseline build"
+    assert_builds_agree(small_call_outputs, "_small_calls", shape, dtype)
 
 
 def test_version_is_single_sourced():
