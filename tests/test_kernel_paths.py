@@ -12,6 +12,9 @@ from bn_helpers import (KERNEL_NAMES, as_tuple, assert_results_close, call, copy
 PATHS = {
     # inner <= 256: per-position lanes, 8 channels per work item (21 = 2 full chunks + 5).
     "short-rows": ((20, 21, 7, 7), 1),
+    # The elementwise kernels (normalize, dx) over inner < 4096 take 4096 // inner channels of one batch row
+    # per work item: 83 for 7x7 (100 = 83 + 17, and 39200 values: the threaded kernels, not the small calls).
+    "short-rows-elementwise": ((8, 100, 7, 7), 1),
     # 256 < inner < 4096: a fold per row, 64 channels per work item (70 = 64 + 6), several row groups.
     "medium-rows": ((40, 70, 300), 1),
     # inner >= 4096: rows cut into equal chunks.
