@@ -57,11 +57,14 @@ SIMD_FLAGS = {
     "bnext._family": [],
     "bnext._family_avx2": ["-mavx2", "-mfma"],
     "bnext._family_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
-    # The small common-case calls (src/_small_calls.pxi, which includes both kernel sources), the same three
-    # ways but without OpenMP.
+    # The common-case calls with plain arguments (src/_plain_calls.pxi, which includes both kernel sources),
+    # the same three ways: without OpenMP for small inputs, and with it for the others.
     "bnext._small_calls": [],
     "bnext._small_calls_avx2": ["-mavx2", "-mfma"],
     "bnext._small_calls_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
+    "bnext._large_calls": [],
+    "bnext._large_calls_avx2": ["-mavx2", "-mfma"],
+    "bnext._large_calls_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
 }
 SERIAL_BUILDS = {"bnext._small_calls", "bnext._small_calls_avx2", "bnext._small_calls_avx512"}
 

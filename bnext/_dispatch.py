@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import _runtime
 
-__all__ = ["available_builds", "family_kernels", "kernels", "simd_path", "small_calls"]
+__all__ = ["available_builds", "family_kernels", "kernels", "large_calls", "simd_path", "small_calls"]
 
 _BUILDS = ("baseline", "avx2", "avx512")
 _MODULES = {"baseline": "bnext._batch_norm", "avx2": "bnext._batch_norm_avx2",
@@ -50,10 +50,15 @@ if TYPE_CHECKING:
     # Every build has the interface of the baseline one (see _batch_norm.pyi and _family.pyi).
     from . import _batch_norm as kernels  # noqa: F401
     from . import _family as family_kernels  # noqa: F401
+    from . import _large_calls as large_calls  # noqa: F401
     from . import _small_calls as small_calls  # noqa: F401
 else:
     kernels = importlib.import_module(_MODULES[simd_path])
     # Layer, group and instance norm's own kernels (src/_family_kernels.pxi), built the same three ways.
     family_kernels = importlib.import_module(_MODULES[simd_path].replace("_batch_norm", "_family"))
-    # The small common-case calls (src/_small_calls.pxi), built the same three ways without OpenMP.
+    # The common-case calls with plain arguments (src/_plain_calls.pxi), built the same three ways: without
+    # OpenMP for small inputs (the entry point the public functions call), with it for larger ones, which
+    # the small-call build forwards.
     small_calls = importlib.import_module(_MODULES[simd_path].replace("_batch_norm", "_small_calls"))
+    large_calls = importlib.import_module(_MODULES[simd_path].replace("_batch_norm", "_large_calls"))
+    small_calls.use_threaded(large_calls)

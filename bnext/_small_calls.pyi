@@ -1,6 +1,6 @@
-# Stub of the small-call entries (src/_small_calls.pxi, compiled three times: _small_calls, _small_calls_avx2,
-# _small_calls_avx512; the other two stubs re-export this one): each returns None when the call is not a small
-# common-case one, and the caller takes the checked Python path.
+# Stub of the plain-call entries (src/_plain_calls.pxi, compiled six times: _small_calls, _large_calls and
+# their _avx2 and _avx512 builds; the other stubs re-export this one): each returns None when the call is
+# not a plain common-case one, and the caller takes the checked Python path.
 
 from typing import Any
 
@@ -26,3 +26,4 @@ def group_norm_backward(dy: object, x: object, mean: object, invstd: object, wei
 def instance_norm(x: object, weight: object, bias: object, eps: object, running_mean: object, running_var: object,
                   momentum: object, use_input_stats: object,
                   out: object) -> tuple[_Floats, _Floats, _Floats] | None: ...
+def use_threaded(module: object) -> None: ...

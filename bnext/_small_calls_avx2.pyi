@@ -7,3 +7,4 @@ from ._small_calls import group_norm as group_norm
 from ._small_calls import layer_norm_backward as layer_norm_backward
 from ._small_calls import group_norm_backward as group_norm_backward
 from ._small_calls import instance_norm as instance_norm
+from ._small_calls import use_threaded as use_threaded

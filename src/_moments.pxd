@@ -131,9 +131,9 @@ cdef inline double fold_lanes(const double* acc) noexcept nogil:
     return half[0]
 
 
-cdef inline void run_shifted_sums(const floating* p, Py_ssize_t n, Py_ssize_t stride, double shift,
-                                  double* sum_d, double* sum_d2) noexcept nogil:
-    """Add sum(d) and sum(d * d), d = p[i] - shift, over one strided run, in double."""
+cdef inline void contiguous_shifted_sums(const floating* p, Py_ssize_t n, double shift, double* sum_d,
+                                         double* sum_d2) noexcept nogil:
+    """Add sum(d) and sum(d * d), d = p[i] - shift, over one contiguous run, in double with fixed lanes."""
     cdef double acc_d[LANES]
     cdef double acc_d2[LANES]
     cdef double d
@@ -142,27 +142,43 @@ cdef inline void run_shifted_sums(const floating* p, Py_ssize_t n, Py_ssize_t st
     for k in range(LANES):
         acc_d[k] = 0.0
         acc_d2[k] = 0.0
+    for v in range(n_vec // LANES):
+        i = v * LANES
+        # Two half-width loops: GCC vectorizes these, but not one 16-wide loop with two accumulators.
+        for k in range(HALF_LANES):
+            d = p[i + k] - shift
+            acc_d[k] += d
+            acc_d2[k] += d * d
+        for k in range(HALF_LANES, LANES):
+            d = p[i + k] - shift
+            acc_d[k] += d
+            acc_d2[k] += d * d
+    for i in range(n_vec, n):
+        d = p[i] - shift
+        acc_d[i - n_vec] += d
+        acc_d2[i - n_vec] += d * d
+    sum_d[0] += fold_lanes(acc_d)
+    sum_d2[0] += fold_lanes(acc_d2)
+
+
+cdef inline void run_shifted_sums(const floating* p, Py_ssize_t n, Py_ssize_t stride, double shift,
+                                  double* sum_d, double* sum_d2) noexcept nogil:
+    """Add sum(d) and sum(d * d), d = p[i] - shift, over one strided run, in double."""
+    cdef double acc_d[LANES]
+    cdef double acc_d2[LANES]
+    cdef double d
+    cdef Py_ssize_t i
+    cdef int k
     if stride == 1:
-        for v in range(n_vec // LANES):
-            i = v * LANES
-            # Two half-width loops: GCC vectorizes these, but not one 16-wide loop with two accumulators.
-            for k in range(HALF_LANES):
-                d = p[i + k] - shift
-                acc_d[k] += d
-                acc_d2[k] += d * d
-            for k in range(HALF_LANES, LANES):
-                d = p[i + k] - shift
-                acc_d[k] += d
-                acc_d2[k] += d * d
-        for i in range(n_vec, n):
-            d = p[i] - shift
-            acc_d[i - n_vec] += d
-            acc_d2[i - n_vec] += d * d
-    else:
-        for i in range(n):
-            d = p[i * stride] - shift
-            acc_d[0] += d
-            acc_d2[0] += d * d
+        contiguous_shifted_sums(p, n, shift, sum_d, sum_d2)
+        return
+    for k in range(LANES):
+        acc_d[k] = 0.0
+        acc_d2[k] = 0.0
+    for i in range(n):
+        d = p[i * stride] - shift
+        acc_d[0] += d
+        acc_d2[0] += d * d
     sum_d[0] += fold_lanes(acc_d)
     sum_d2[0] += fold_lanes(acc_d2)
 

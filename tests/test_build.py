@@ -34,6 +34,7 @@ def test_dispatch_picks_the_fastest_available_build():
     assert _dispatch.simd_path == expected
     assert _dispatch.kernels.__name__ == _dispatch._MODULES[expected]
     assert _dispatch.small_calls.__name__ == _dispatch._MODULES[expected].replace("_batch_norm", "_small_calls")
+    assert _dispatch.large_calls.__name__ == _dispatch._MODULES[expected].replace("_batch_norm", "_large_calls")
 
 
 def run_python(code, **env):
@@ -94,7 +95,7 @@ def test_simd_builds_are_bitwise_identical(shape, dtype):
 
 
 def small_call_outputs(module, x, dy):
-    """Every small-call entry of one build on (N, C, H, W) data, outputs concatenated as raw bytes."""
+    """Every plain-call entry of one build on (N, C, H, W) data, outputs concatenated as raw bytes."""
     n_channels, length = x.shape[1], x.shape[-1]
     weight, layer_weight = np.linspace(0.5, 2.0, n_channels), np.linspace(-1.0, 1.0, length)
     running_mean, running_var = np.zeros(n_channels), np.ones(n_channels)
@@ -110,10 +111,11 @@ def small_call_outputs(module, x, dy):
     return b"".join(a.tobytes() for a in outputs)
 
 
+@pytest.mark.parametrize("modules", ["_small_calls", "_large_calls"])
 @pytest.mark.parametrize("shape", [(2, 4, 1, 3), (8, 64, 7, 7), (3, 6, 10, 40)], ids=["tiny", "7x7", "rows-of-40"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_small_call_builds_are_bitwise_identical(shape, dtype):
-    assert_builds_agree(small_call_outputs, "_small_calls", shape, dtype)
+def test_plain_call_builds_are_bitwise_identical(modules, shape, dtype):
+    assert_builds_agree(small_call_outputs, modules, shape, dtype)
 
 
 def test_version_is_single_sourced():

@@ -1,5 +1,6 @@
-"""Small common-case calls run in compiled code (src/_small_calls.pxi): the same bits as the checked Python path,
-taken only for plain arguments, and declined (None) for anything else so the Python path checks and raises."""
+"""Common-case calls run in compiled code (src/_plain_calls.pxi): the same bits as the checked Python path,
+taken only for plain arguments, and declined (None) for anything else so the Python path checks and raises.
+Inputs of PARALLEL_MIN_VALUES values or more are forwarded from the small-call build to the threaded one."""
 
 import gc
 import sys
@@ -8,11 +9,11 @@ import numpy as np
 import pytest
 
 import bnext
-from bnext._dispatch import small_calls
+from bnext._dispatch import large_calls, small_calls
 from bn_helpers import KERNEL_NAMES, bitwise_equal, call, copy_params, make_params, random_x
 
 PARALLEL_MIN_VALUES = 32768  # src/_parallel.pxd: the small-call entries take inputs below this many values
-# name -> (shape, channel axis); x C-contiguous in each
+# name -> (shape, channel axis); x C-contiguous in each. The large ones go to the threaded build.
 SMALL_SHAPES = {
     "2x4x1x1": ((2, 4, 1, 1), 1),
     "NC": ((16, 3), 1),
@@ -25,6 +26,12 @@ SMALL_SHAPES = {
     "C1_one_run": ((5000, 1), 1),
     "two_values": ((2, 1), 1),
     "just_below": ((PARALLEL_MIN_VALUES // 64 - 1, 64), 1),
+}
+LARGE_SHAPES = {
+    "at_the_limit": ((PARALLEL_MIN_VALUES // 64, 64), 1),
+    "large_NCHW": ((8, 16, 17, 17), 1),
+    "large_NHWC": ((8, 17, 17, 16), -1),
+    "large_long_rows": ((2, 3, 9000), 1),
 }
 ENTRY = {"batch_norm_train": small_calls.train, "batch_norm_eval": small_calls.eval,
          "batch_norm_backward": small_calls.backward}
@@ -71,9 +78,37 @@ def test_small_call_gives_the_bits_of_the_checked_path(name, shape, axis, dtype,
     x = random_x(shape, axis, dtype, rng, offset=1e3)
     params = make_params(name, x, axis, rng)
     expected = checked_path_result(name, params)
-    assert ENTRY[name](*entry_args(name, copy_params(params))) is not None  # the small path is taken
+    assert ENTRY[name](*entry_args(name, copy_params(params))) is not None  # the plain path is taken
     actual = outputs(call(getattr(bnext, name), params), params)
     assert_same_bits(actual, expected)
+
+
+@pytest.mark.parametrize("shape,axis", LARGE_SHAPES.values(), ids=LARGE_SHAPES.keys())
+@pytest.mark.parametrize("name", KERNEL_NAMES)
+def test_large_call_is_forwarded_and_gives_the_bits_of_the_checked_path(name, shape, axis, dtype, n_threads, rng):
+    x = random_x(shape, axis, dtype, rng, offset=1e3)
+    params = make_params(name, x, axis, rng)
+    expected = checked_path_result(name, params)  # (which asserts that the threaded build declines it)
+    entry = getattr(large_calls, ENTRY[name].__name__)
+    assert entry(*entry_args(name, copy_params(params))) is not None
+    assert ENTRY[name](*entry_args(name, copy_params(params))) is not None  # forwarded there
+    actual = outputs(call(getattr(bnext, name), params), params)
+    assert_same_bits(actual, expected)
+
+
+def test_threaded_build_runs_on_bnexts_thread_count(monkeypatch, rng):
+    asked = []
+
+    def spy():
+        asked.append(True)
+        return 2
+
+    monkeypatch.setattr(large_calls, "get_num_threads", spy)
+    x = random_x(LARGE_SHAPES["large_NCHW"][0], 1, np.float32, rng)
+    assert bnext.batch_norm_train(x) is not None and asked
+    asked.clear()
+    bnext.batch_norm_train(x[:2])  # a small call: one thread, nothing asked
+    assert not asked
 
 
 PARAMETER_FORMS = ("none", "float32", "float64", "strided")
@@ -156,16 +191,11 @@ def uncommon(name, kind, params):
         p["weight"] = p["weight"].reshape(1, -1)
     elif kind == "list_weight":
         p["weight"] = p["weight"].tolist()
-    elif kind == "big_x":
-        p["x"] = np.zeros((PARALLEL_MIN_VALUES // 4, 4), x.dtype)
-        if "dy" in p:
-            p["dy"] = np.zeros_like(p["x"])
     return p
 
 
 UNCOMMON = ("list_x", "fortran_x", "byteswapped_x", "float16_x", "subclass_x", "axis_out_of_range", "bool_axis",
-            "numpy_int_axis", "huge_axis", "numpy_float_eps", "zero_eps", "nan_eps", "short_weight", "2d_weight", "list_weight",
-            "big_x")
+            "numpy_int_axis", "huge_axis", "numpy_float_eps", "zero_eps", "nan_eps", "short_weight", "2d_weight", "list_weight")
 ENTRY_KINDS = {
     "batch_norm_train": UNCOMMON + ("inf_momentum", "readonly_running_var", "one_value_per_channel"),
     "batch_norm_eval": UNCOMMON + ("short_running_mean",),
@@ -240,6 +270,7 @@ LAYER_CASES = {
     "two_dims": ((4, 3, 5), (3, 5)),
     "whole_array": ((3, 5), (3, 5)),
     "1d": ((40,), 40),
+    "large_rows_of_400": ((100, 400), 400),  # forwarded to the threaded build
 }
 # name -> (shape, num_groups)
 GROUP_CASES = {
@@ -248,6 +279,7 @@ GROUP_CASES = {
     "NCHW": ((2, 8, 4, 4), 4),
     "one_group": ((3, 4, 5), 1),
     "instance": ((3, 4, 5), 4),
+    "large_NCHW": ((8, 16, 17, 17), 4),  # forwarded to the threaded build
 }
 FORMS = ("none", "float32", "float64")
 
@@ -278,7 +310,7 @@ def test_small_family_call_gives_the_bits_of_the_checked_path(name, case_id, cas
     x = random_x(shape, 0, dtype, rng, offset=300.0)
     params = family_params(name, x, rng, arg, form)
     entry = getattr(small_calls, name)
-    assert entry(x, arg, params["weight"], params["bias"], 1e-5, None) is not None  # the small path is taken
+    assert entry(x, arg, params["weight"], params["bias"], 1e-5, None) is not None  # the plain path is taken
     assert entry(x, arg, params["weight"], params["bias"], np.float64(1e-5), None) is None
     expected = family_call(name, x, arg, params, eps=np.float64(1e-5))  # the checked path
     actual = family_call(name, x, arg, params)
@@ -298,8 +330,7 @@ FAMILY_UNCOMMON = {
                    "numpy_int_groups": lambda p: {**p, "arg": np.int64(2)},
                    "1d_x": lambda p: {**p, "x": p["x"].ravel()},
                    "short_weight": lambda p: {**p, "weight": p["weight"][:-1]},
-                   "float16_x": lambda p: {**p, "x": p["x"].astype(np.float16)},
-                   "big_x": lambda p: {**p, "x": np.zeros((PARALLEL_MIN_VALUES // 4, 4), np.float32)}},
+                   "float16_x": lambda p: {**p, "x": p["x"].astype(np.float16)}},
 }
 FAMILY_KINDS = [(n, k) for n, kinds in FAMILY_UNCOMMON.items() for k in kinds]
 
@@ -316,7 +347,7 @@ def test_uncommon_family_arguments_are_declined(name, kind, rng):
 
 
 LAYER_BACKWARD_CASES = {k: LAYER_CASES[k] for k in ("rows_of_4", "rows_of_17", "rows_of_768", "two_dims",
-                                                     "whole_array", "1d")}
+                                                     "whole_array", "1d", "large_rows_of_400")}
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -335,15 +366,12 @@ def test_small_layer_norm_backward_gives_the_bits_of_the_checked_path(case, form
     assert_same_bits(list(actual), list(expected))
 
 
-BIG_ROWS = PARALLEL_MIN_VALUES // 12 + 1  # rows of 12 values: just over the small-call size
 LAYER_BACKWARD_UNCOMMON = {
     "float64_dy": lambda p: {**p, "dy": p["dy"].astype(np.float64)},
     "fortran_dy": lambda p: {**p, "dy": np.asfortranarray(p["dy"])},
     "keepdim_mean": lambda p: {**p, "mean": p["mean"][..., None, None]},
     "short_invstd": lambda p: {**p, "invstd": p["invstd"][:-1]},
     "list_shape": lambda p: {**p, "arg": [4, 3]},
-    "big_x": lambda p: {**p, "x": np.zeros((BIG_ROWS, 4, 3), np.float32), "dy": np.zeros((BIG_ROWS, 4, 3), np.float32),
-                        "mean": np.zeros(BIG_ROWS), "invstd": np.ones(BIG_ROWS)},
 }
 
 
@@ -520,7 +548,8 @@ def test_small_forward_in_place(name, dtype, rng):
 # ----------------------------------------------------------------- instance norm forward
 
 @pytest.mark.parametrize("running", ("none", "float32", "float64"))
-@pytest.mark.parametrize("shape", ((2, 4, 3, 3), (5, 3, 7), (1, 2, 2)), ids=("NCHW", "NCL", "two_values"))
+@pytest.mark.parametrize("shape", ((2, 4, 3, 3), (5, 3, 7), (1, 2, 2), (8, 16, 17, 17)),
+                         ids=("NCHW", "NCL", "two_values", "large_NCHW"))
 def test_small_instance_norm_gives_the_bits_of_the_checked_path(shape, running, dtype, rng):
     x = random_x(shape, 1, dtype, rng, offset=60.0)
     weight = (1 + 0.1 * rng.standard_normal(shape[1])).astype(dtype)
@@ -538,7 +567,8 @@ def test_small_instance_norm_gives_the_bits_of_the_checked_path(shape, running, 
 
 
 @pytest.mark.parametrize("running", ("float32", "float64"))
-@pytest.mark.parametrize("shape", ((2, 4, 3, 3), (5, 3, 7), (3, 2, 1)), ids=("NCHW", "NCL", "one_spatial_value"))
+@pytest.mark.parametrize("shape", ((2, 4, 3, 3), (5, 3, 7), (3, 2, 1), (8, 16, 17, 17)),
+                         ids=("NCHW", "NCL", "one_spatial_value", "large_NCHW"))
 def test_small_instance_norm_with_running_stats_gives_the_bits_of_the_checked_path(shape, running, dtype, rng):
     x = random_x(shape, 1, dtype, rng, offset=60.0)
     weight = (1 + 0.1 * rng.standard_normal(shape[1])).astype(dtype)

@@ -1,23 +1,25 @@
-# Small calls: the common case of the batch-norm entry points and of layer, group and instance norm (forward
+# Plain calls: the common case of the batch-norm entry points and of layer, group and instance norm (forward
 # and backward), recognized and run without Python-level work.
 #
 # On a few values a call costs what happens around the kernels: Python argument checks, allocation, views
-# and typed-memoryview conversions, OpenMP regions (about 20 us of a 23 us (2, 4, 1, 1) training call). For
-# inputs under PARALLEL_MIN_VALUES values - which the kernels run on one thread anyway - the public functions
-# (bnext/batch_norm.py, layer_norm.py, group_norm.py, instance_norm.py) first offer their arguments here. A call is taken when
-# every argument is in its plain form: exact ndarrays of native, aligned float32/float64 (strides in whole
-# elements), x C-contiguous, float eps and momentum, int axis and group counts, out None or a C-contiguous
-# array that is x (dy) itself or shares no memory with the inputs. Anything else
-# returns None and takes the Python path, which checks everything and raises the errors: so nothing here
-# raises for bad input, an argument that is not plainly valid is just not the common case.
+# and typed-memoryview conversions, OpenMP regions (about 20 us of a 23 us (2, 4, 1, 1) training call); on
+# a 1 MB input the checks still cost 15-20 us ((256, 1024) training forward: 85-88 us against 64-65 us
+# in the kernel). The public functions (bnext/batch_norm.py, layer_norm.py, group_norm.py,
+# instance_norm.py) first offer their arguments here. A call is taken when every argument is in its plain
+# form: exact ndarrays of native, aligned float32/float64 (strides in whole elements), x C-contiguous, float
+# eps and momentum, int axis and group counts, out None or a C-contiguous array that is x (dy) itself or
+# shares no memory with the inputs. Anything else returns None and takes the Python path, which checks
+# everything and raises the errors: so nothing here raises for bad input, an argument that is not plainly
+# valid is just not the common case.
 #
-# These entries include the kernel sources (below) and are built three more times, like the kernels
-# (_small_calls.pyx, _small_calls_avx2.pyx, _small_calls_avx512.pyx; bnext._dispatch picks the build), but
-# without OpenMP (setup.py): small inputs run on one thread anyway, and entering an OpenMP region costs
-# ~0.3 us even on one thread. The SIMD builds matter near the size limit: (8, 64, 7, 7) float32 training
-# forward 14.9 -> 8.6 us, backward 18.3 -> 10.9 us in the AVX-512 build. The arithmetic is the kernels'
-# own, and every build rounds the same way (-ffp-contract=off): the results are bitwise those of the Python
-# path (tests/test_small_calls.py).
+# These entries include the kernel sources (below) and are built six more times (setup.py): three SIMD
+# builds without OpenMP for inputs under PARALLEL_MIN_VALUES values, which the kernels run on one thread
+# anyway (_small_calls*.pyx: entering an OpenMP region costs ~0.3 us even on one thread), and the same
+# three with OpenMP for larger inputs (_large_calls*.pyx, THREADED), to which the small-call build forwards
+# them (use_threaded; bnext._dispatch pairs the builds). The SIMD builds matter near the small-call size
+# limit: (8, 64, 7, 7) float32 training forward 14.9 -> 8.6 us, backward 18.3 -> 10.9 us in the AVX-512
+# build. The arithmetic is the kernels' own, and every build rounds the same way (-ffp-contract=off): the
+# results are bitwise those of the Python path (tests/test_small_calls.py).
 
 cimport numpy as cnp
 from libc.math cimport isfinite
@@ -27,6 +29,36 @@ include "_batch_norm_kernels.pxi"
 include "_family_kernels.pxi"
 
 cnp.import_array()
+
+from bnext._threads import get_num_threads
+
+
+# The threaded build (the one built with OpenMP) that a small-call build forwards inputs of PARALLEL_MIN_VALUES
+# values or more to; None in the threaded build itself.
+cdef object threaded_build = None
+
+
+def use_threaded(module):
+    """Forward inputs of PARALLEL_MIN_VALUES values or more to `module`'s entries (bnext._dispatch)."""
+    global threaded_build
+    threaded_build = None if THREADED else module
+
+
+cdef inline bint forwarded(object x) noexcept:
+    # Whether this build hands x's call to the threaded build: a small-call build, for large inputs.
+    return (threaded_build is not None and type(x) is cnp.ndarray
+            and cnp.PyArray_SIZE(<cnp.ndarray>x) >= PARALLEL_MIN_VALUES)
+
+
+cdef inline bint size_taken(Py_ssize_t size) noexcept:
+    # The small-call builds take inputs under PARALLEL_MIN_VALUES values, the threaded builds any size.
+    return size > 0 and (THREADED or size < PARALLEL_MIN_VALUES)
+
+
+cdef int call_threads() except -1:
+    # The kernels' thread count: bnext's setting in the threaded builds, 1 in the small-call builds (whose
+    # kernels have no OpenMP).
+    return get_num_threads() if THREADED else 1
 
 
 cdef enum:
@@ -65,7 +97,7 @@ cdef int small_batch(object x, object axis, Shape3* shape) noexcept:
         return NOT_FLOAT
     ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
     size = cnp.PyArray_SIZE(<cnp.ndarray>x)
-    if (ndim < 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) or size == 0 or size >= PARALLEL_MIN_VALUES
+    if (ndim < 2 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) or not size_taken(size)
             or type(axis) is not int or not -ndim <= axis < ndim):
         return NOT_FLOAT
     a = <int>axis + (ndim if axis < 0 else 0)
@@ -203,6 +235,8 @@ cdef Strides3 contiguous_strides(Shape3 s) noexcept:
 def train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out):
     """batch_norm_train(x, weight, bias, axis=axis, eps=eps, running_mean=..., running_var=..., momentum=...)
     for a small common-case call: (y, mean, invstd), or None when the call is not one."""
+    if forwarded(x):
+        return threaded_build.train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out)
     cdef Shape3 s
     cdef int t = small_batch(x, axis, &s)
     cdef Py_ssize_t m
@@ -227,11 +261,11 @@ def train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out):
             return None
         if t == cnp.NPY_FLOAT:
             train_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), w, b, <double>eps,
-                       mean, var, invstd, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
+                       mean, var, invstd, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), call_threads())
         else:
             train_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), w, b,
                        <double>eps, mean, var, invstd, <double*>cnp.PyArray_DATA(<cnp.ndarray>y),
-                       contiguous_strides(s), 1)
+                       contiguous_strides(s), call_threads())
         update_buffer(running_mean, mean, 1.0, <double>momentum)
         update_buffer(running_var, var, <double>m / <double>(m - 1), <double>momentum)
         return y, channel_array(mean, s.C, t), channel_array(invstd, s.C, t)
@@ -242,6 +276,8 @@ def train(x, weight, bias, axis, eps, running_mean, running_var, momentum, out):
 def eval(x, running_mean, running_var, weight, bias, axis, eps, out):
     """batch_norm_eval(x, running_mean, running_var, weight, bias, axis=axis, eps=eps) for a small
     common-case call: y, or None when the call is not one."""
+    if forwarded(x):
+        return threaded_build.eval(x, running_mean, running_var, weight, bias, axis, eps, out)
     cdef Shape3 s
     cdef int t = small_batch(x, axis, &s)
     cdef double* v
@@ -262,10 +298,10 @@ def eval(x, running_mean, running_var, weight, bias, axis, eps, out):
             return None
         if t == cnp.NPY_FLOAT:
             eval_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, var, w, b,
-                      <double>eps, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
+                      <double>eps, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), call_threads())
         else:
             eval_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, var, w, b,
-                      <double>eps, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
+                      <double>eps, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), call_threads())
         return y
     finally:
         free(v)
@@ -274,6 +310,8 @@ def eval(x, running_mean, running_var, weight, bias, axis, eps, out):
 def backward(dy, x, mean, invstd, weight, axis, out):
     """batch_norm_backward(dy, x, mean, invstd, weight, axis=axis) for a small common-case call:
     (dx, dweight, dbias), or None when the call is not one."""
+    if forwarded(x):
+        return threaded_build.backward(dy, x, mean, invstd, weight, axis, out)
     cdef Shape3 s
     cdef int t = small_batch(x, axis, &s)
     cdef double* v
@@ -298,12 +336,12 @@ def backward(dy, x, mean, invstd, weight, axis, out):
             backward_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), contiguous_strides(s),
                           <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean_d,
                           invstd_d, w, True, dweight, dbias, <float*>cnp.PyArray_DATA(<cnp.ndarray>dx),
-                          contiguous_strides(s), 1)
+                          contiguous_strides(s), call_threads())
         else:
             backward_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), contiguous_strides(s),
                           <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean_d,
                           invstd_d, w, True, dweight, dbias, <double*>cnp.PyArray_DATA(<cnp.ndarray>dx),
-                          contiguous_strides(s), 1)
+                          contiguous_strides(s), call_threads())
         return dx, channel_array(dweight, s.C, t), channel_array(dbias, s.C, t)
     finally:
         free(v)
@@ -336,13 +374,13 @@ cdef int layer_norm_rows(const floating* px, floating* py, Py_ssize_t n_rows, Py
     cdef Py_ssize_t r
     if length > LAYER_NORM_SHORT_ROW:
         return layer_norm_forward_into(px, n_rows, length, length, weight, bias, eps, mean, var, invstd, py,
-                                       length, 1)
+                                       length, call_threads())
     s.n_outer, s.C, s.n_inner = 1, n_rows, length
     xs.outer, xs.channel, xs.inner = n_rows * length, length, 1
-    stats_into(px, s, xs, mean, var, 1)
+    stats_into(px, s, xs, mean, var, call_threads())
     for r in range(n_rows):
         invstd[r] = 1.0 / sqrt(var[r] + eps)
-    return column_affine_into(px, n_rows, length, length, mean, invstd, weight, bias, py, length, 1)
+    return column_affine_into(px, n_rows, length, length, mean, invstd, weight, bias, py, length, call_threads())
 
 
 cdef struct LayerRows:
@@ -368,7 +406,7 @@ cdef int small_layer_rows(object x, object normalized_shape, LayerRows* rows) no
     rows.ndim = cnp.PyArray_NDIM(<cnp.ndarray>x)
     rows.dims = cnp.PyArray_DIMS(<cnp.ndarray>x)
     rows.k = trailing_count(normalized_shape, rows.ndim, rows.dims) if rows.ndim > 0 else 0
-    if rows.k == 0 or size == 0 or size >= PARALLEL_MIN_VALUES:
+    if rows.k == 0 or not size_taken(size):
         return NOT_FLOAT
     rows.param_dims = rows.dims + rows.ndim - rows.k
     rows.length = 1
@@ -381,6 +419,8 @@ cdef int small_layer_rows(object x, object normalized_shape, LayerRows* rows) no
 def layer_norm(x, normalized_shape, weight, bias, eps, out):
     """bnext.layer_norm(x, normalized_shape, weight, bias, eps=eps) for a small common-case call:
     (y, mean, invstd), or None when the call is not one."""
+    if forwarded(x):
+        return threaded_build.layer_norm(x, normalized_shape, weight, bias, eps, out)
     cdef LayerRows rows
     cdef int t = small_layer_rows(x, normalized_shape, &rows)
     cdef double* w
@@ -432,7 +472,7 @@ cdef int small_groups(object x, object num_groups, Groups* g) noexcept:
     g.size = cnp.PyArray_SIZE(<cnp.ndarray>x)
     g.N = cnp.PyArray_DIMS(<cnp.ndarray>x)[0]
     g.C = cnp.PyArray_DIMS(<cnp.ndarray>x)[1]
-    if g.size == 0 or g.size >= PARALLEL_MIN_VALUES or type(num_groups) is not int or not 1 <= num_groups <= g.C:
+    if not size_taken(g.size) or type(num_groups) is not int or not 1 <= num_groups <= g.C:
         return NOT_FLOAT
     g.G = num_groups
     return NOT_FLOAT if g.C % g.G else t
@@ -441,6 +481,8 @@ cdef int small_groups(object x, object num_groups, Groups* g) noexcept:
 def group_norm(x, num_groups, weight, bias, eps, out):
     """bnext.group_norm(x, num_groups, weight, bias, eps=eps) for a small common-case call:
     (y, mean, invstd), or None when the call is not one."""
+    if forwarded(x):
+        return threaded_build.group_norm(x, num_groups, weight, bias, eps, out)
     cdef Groups g
     cdef int t = small_groups(x, num_groups, &g)
     cdef Py_ssize_t size = g.size, N = g.N, C = g.C, G = g.G, n_rows, length
@@ -462,11 +504,11 @@ def group_norm(x, num_groups, weight, bias, eps, out):
         if t == cnp.NPY_FLOAT:
             group_norm_forward_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), n_rows, length, length,
                                     size // (N * C), C, v, v + C, <double>eps, v + 2 * C, v + 2 * C + n_rows,
-                                    v + 2 * C + 2 * n_rows, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), length, 1)
+                                    v + 2 * C + 2 * n_rows, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), length, call_threads())
         else:
             group_norm_forward_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), n_rows, length, length,
                                     size // (N * C), C, v, v + C, <double>eps, v + 2 * C, v + 2 * C + n_rows,
-                                    v + 2 * C + 2 * n_rows, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), length, 1)
+                                    v + 2 * C + 2 * n_rows, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), length, call_threads())
         stat_dims[0] = N
         stat_dims[1] = G
         return y, stat_array(v + 2 * C, 2, stat_dims, t), stat_array(v + 2 * C + 2 * n_rows, 2, stat_dims, t)
@@ -478,6 +520,8 @@ def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape, out):
     """bnext.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape=...) for a small common-case
     call: (dx, dweight, dbias), or None when the call is not one. mean and invstd of shape
     x.shape[:-len(normalized_shape)] (as layer_norm returns them)."""
+    if forwarded(x):
+        return threaded_build.layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape, out)
     cdef LayerRows rows
     cdef int t = small_layer_rows(x, normalized_shape, &rows)
     cdef double* w
@@ -505,12 +549,12 @@ def layer_norm_backward(dy, x, mean, invstd, weight, normalized_shape, out):
             layer_norm_gradient_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows.length,
                                      <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), rows.length, rows.n_rows,
                                      rows.length, mean_d, invstd_d, w, <float*>cnp.PyArray_DATA(<cnp.ndarray>dx),
-                                     rows.length, dweight, dbias, 1)
+                                     rows.length, dweight, dbias, call_threads())
         else:
             layer_norm_gradient_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows.length,
                                      <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), rows.length, rows.n_rows,
                                      rows.length, mean_d, invstd_d, w, <double*>cnp.PyArray_DATA(<cnp.ndarray>dx),
-                                     rows.length, dweight, dbias, 1)
+                                     rows.length, dweight, dbias, call_threads())
         return dx, stat_array(dweight, rows.k, rows.param_dims, t), stat_array(dbias, rows.k, rows.param_dims, t)
     finally:
         free(w)
@@ -520,6 +564,8 @@ def group_norm_backward(dy, x, mean, invstd, weight, num_groups, bint batch_stat
     """bnext.group_norm_backward (batch_stats True) or instance_norm_backward (num_groups = C) for a small
     common-case call: (dx, dweight, dbias), or None when the call is not one. mean and invstd of shape
     (N, num_groups)."""
+    if forwarded(x):
+        return threaded_build.group_norm_backward(dy, x, mean, invstd, weight, num_groups, batch_stats, out)
     cdef Groups g
     cdef int t = small_groups(x, num_groups, &g)
     cdef Py_ssize_t size = g.size, N = g.N, C = g.C, G = g.G, n_rows, spatial, i, c
@@ -571,23 +617,23 @@ def group_norm_backward(dy, x, mean, invstd, weight, num_groups, bint batch_stat
         if t == cnp.NPY_FLOAT:
             gradient_sums_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows,
                                <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, rows, row_mean, sum_dy,
-                               sum_dy_xmu, 1)
+                               sum_dy_xmu, call_threads())
         else:
             gradient_sums_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), rows,
                                <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, rows, row_mean, sum_dy,
-                               sum_dy_xmu, 1)
+                               sum_dy_xmu, call_threads())
         group_norm_coefficients_into(sum_dy, sum_dy_xmu, group_invstd, w, C, G, N, <double>(size // (N * G)),
                                      batch_stats, dweight, dbias, dy_scale, coef_1, coef_x_hat)
         if t == cnp.NPY_FLOAT:
             row_input_gradient_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>dy), spatial,
                                     <const float*>cnp.PyArray_DATA(<cnp.ndarray>x), spatial, n_rows, spatial,
                                     row_mean, row_invstd, row_invstd, dy_scale, coef_1, coef_x_hat,
-                                    <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), spatial, 1)
+                                    <float*>cnp.PyArray_DATA(<cnp.ndarray>dx), spatial, call_threads())
         else:
             row_input_gradient_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>dy), spatial,
                                     <const double*>cnp.PyArray_DATA(<cnp.ndarray>x), spatial, n_rows, spatial,
                                     row_mean, row_invstd, row_invstd, dy_scale, coef_1, coef_x_hat,
-                                    <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), spatial, 1)
+                                    <double*>cnp.PyArray_DATA(<cnp.ndarray>dx), spatial, call_threads())
         return dx, channel_array(dweight, C, t), channel_array(dbias, C, t)
     finally:
         free(v)
@@ -597,6 +643,9 @@ def instance_norm(x, weight, bias, eps, running_mean, running_var, momentum, use
     """bnext.instance_norm(x, weight, bias, eps=..., running_mean=..., running_var=..., momentum=...,
     use_input_stats=..., out=out) for a small common-case call: (y, mean, invstd), or None when the call is
     not one."""
+    if forwarded(x):
+        return threaded_build.instance_norm(x, weight, bias, eps, running_mean, running_var, momentum,
+                                            use_input_stats, out)
     cdef Groups g
     cdef int t = NOT_FLOAT
     cdef Py_ssize_t n_rows, spatial
@@ -635,11 +684,11 @@ def instance_norm(x, weight, bias, eps, running_mean, running_var, momentum, use
         if t == cnp.NPY_FLOAT:
             group_norm_forward_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), n_rows, spatial, spatial,
                                     spatial, g.C, w, b, <double>eps, mean, var, invstd,
-                                    <float*>cnp.PyArray_DATA(<cnp.ndarray>y), spatial, 1)
+                                    <float*>cnp.PyArray_DATA(<cnp.ndarray>y), spatial, call_threads())
         else:
             group_norm_forward_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), n_rows, spatial, spatial,
                                     spatial, g.C, w, b, <double>eps, mean, var, invstd,
-                                    <double*>cnp.PyArray_DATA(<cnp.ndarray>y), spatial, 1)
+                                    <double*>cnp.PyArray_DATA(<cnp.ndarray>y), spatial, call_threads())
         update_buffer_over_rows(running_mean, mean, g.N, 1.0, <double>momentum)
         update_buffer_over_rows(running_var, var, g.N, <double>spatial / <double>(spatial - 1), <double>momentum)
         return y, stat_array(mean, 2, stat_dims, t), stat_array(invstd, 2, stat_dims, t)
@@ -687,10 +736,10 @@ cdef object instance_norm_given(object x, int t, const Groups* g, object weight,
         s.n_outer, s.C, s.n_inner = 1, n_rows, g.size // n_rows
         if t == cnp.NPY_FLOAT:
             normalize_into(<const float*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, scale,
-                           shift, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
+                           shift, <float*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), call_threads())
         else:
             normalize_into(<const double*>cnp.PyArray_DATA(<cnp.ndarray>x), s, contiguous_strides(s), mean, scale,
-                           shift, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), 1)
+                           shift, <double*>cnp.PyArray_DATA(<cnp.ndarray>y), contiguous_strides(s), call_threads())
         return y, stat_array(mean, 2, stat_dims, t), stat_array(invstd, 2, stat_dims, t)
     finally:
         free(w)
