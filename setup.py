@@ -47,26 +47,20 @@ OPENMP_PROBE = textwrap.dedent(
 )
 
 
-# Extra flags per kernel build. -ffp-contract=off everywhere: no FMA contraction, so every build rounds
+# Extra flags per SIMD level. -ffp-contract=off everywhere: no FMA contraction, so every build rounds
 # exactly like the baseline one and results are bitwise identical whichever build runs.
-SIMD_FLAGS = {
-    "bnext._batch_norm": [],
-    "bnext._batch_norm_avx2": ["-mavx2", "-mfma"],
-    "bnext._batch_norm_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
-    # Layer, group and instance norm (src/_family_kernels.pxi), built the same three ways.
-    "bnext._family": [],
-    "bnext._family_avx2": ["-mavx2", "-mfma"],
-    "bnext._family_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
-    # The common-case calls with plain arguments (src/_plain_calls.pxi, which includes both kernel sources),
-    # the same three ways: without OpenMP for small inputs, and with it for the others.
-    "bnext._small_calls": [],
-    "bnext._small_calls_avx2": ["-mavx2", "-mfma"],
-    "bnext._small_calls_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
-    "bnext._large_calls": [],
-    "bnext._large_calls_avx2": ["-mavx2", "-mfma"],
-    "bnext._large_calls_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
+LEVEL_FLAGS = {
+    "": [],
+    "_avx2": ["-mavx2", "-mfma"],
+    "_avx512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl"],
 }
-SERIAL_BUILDS = {"bnext._small_calls", "bnext._small_calls_avx2", "bnext._small_calls_avx512"}
+# Every module is built at each level from its src/<module><level>.pyx: the batch-norm kernels
+# (src/_batch_norm_kernels.pxi), layer, group and instance norm's (src/_family_kernels.pxi), and the
+# common-case calls with plain arguments (src/_plain_calls.pxi, which includes both kernel sources), without
+# OpenMP for small inputs (_small_calls) and with it for the others (_large_calls).
+MODULES = ("_batch_norm", "_family", "_small_calls", "_large_calls")
+SIMD_FLAGS = {f"bnext.{module}{level}": flags for module in MODULES for level, flags in LEVEL_FLAGS.items()}
+SERIAL_BUILDS = {f"bnext._small_calls{level}" for level in LEVEL_FLAGS}
 
 
 def simd_builds_possible():

@@ -17,7 +17,7 @@ after its statistics, while it is in L2, was measured slower here: it walks NCHW
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt
-from _affine cimport affine_run, affine_values, split_mean_value
+from _affine cimport affine_run, split_mean_value
 from _stream cimport STAGE, piece_length, stream_fence, stream_output, stream_values
 from _parallel cimport kernel_threads
 from _prefetch cimport prefetch_bytes
@@ -128,7 +128,7 @@ cdef struct Shape3:
 
 cdef struct Strides3:
     # One array's strides in that view, in elements. The kernels' cores take a pointer with these rather
-    # than a typed memoryview, so the small-call entries (_small_calls.pxi) can run them on an ndarray's
+    # than a typed memoryview, so the plain-call entries (_plain_calls.pxi) can run them on an ndarray's
     # data without building memoryviews (a few hundred ns each).
     Py_ssize_t outer
     Py_ssize_t channel
@@ -164,18 +164,26 @@ cdef inline void dx_values(const floating* dy, const floating* x, floating* dx, 
         dx[i] = scale * ((dy[i] + coef_1) + coef_x_hat * (((x[i] - hi) - lo) * invstd))
 
 
+cdef void dx_streamed(const floating* dy, const floating* x, floating* dx, Py_ssize_t n, floating hi, floating lo,
+                      floating invstd, floating scale, floating coef_x_hat, floating coef_1) noexcept nogil:
+    """dx_values over one contiguous run, streamed (as affine_streamed, _affine.pxd, does y)."""
+    cdef floating staged[STAGE]
+    cdef Py_ssize_t i0 = 0, m
+    while i0 < n:
+        m = piece_length(dx, i0, n)
+        dx_values(dy + i0, x + i0, staged, m, hi, lo, invstd, scale, coef_x_hat, coef_1)
+        stream_values(dx + i0, staged, m)
+        i0 += m
+
+
 cdef inline void dx_run(const floating* dy, Py_ssize_t dys, const floating* x, Py_ssize_t xs,
                         floating* dx, Py_ssize_t dxs, Py_ssize_t n, floating hi, floating lo, floating invstd,
                         floating scale, floating coef_x_hat, floating coef_1, bint stream) noexcept nogil:
-    """dx_values over one strided run; contiguous runs stream dx if asked (as affine_run does y)."""
-    cdef floating staged[STAGE]
-    cdef Py_ssize_t i, i0 = 0, m
+    """dx_values over one strided run; contiguous runs stream dx if asked (dx_streamed, which keeps the stage
+    out of this dispatch so that it inlines into loops over short rows, as affine_run does)."""
+    cdef Py_ssize_t i
     if dys == 1 and xs == 1 and dxs == 1 and stream:
-        while i0 < n:
-            m = piece_length(dx, i0, n)
-            dx_values(dy + i0, x + i0, staged, m, hi, lo, invstd, scale, coef_x_hat, coef_1)
-            stream_values(dx + i0, staged, m)
-            i0 += m
+        dx_streamed(dy, x, dx, n, hi, lo, invstd, scale, coef_x_hat, coef_1)
     elif dys == 1 and xs == 1 and dxs == 1:
         dx_values(dy, x, dx, n, hi, lo, invstd, scale, coef_x_hat, coef_1)
     else:
@@ -645,12 +653,8 @@ cdef int normalize_into(const floating* px, Shape3 shape, Strides3 xs, const dou
                         n = item // n_chunks
                         c0 = (item - n * n_chunks) * k
                         for c in range(c0, min(c0 + k, C)):
-                            if si == 1 and yi == 1 and not stream:
-                                affine_values(px + n * so + c * sc, py + n * yo + c * yc, n_inner, hi[c], lo[c],
-                                              scale_f[c], shift_f[c])
-                            else:
-                                affine_run(px + n * so + c * sc, si, py + n * yo + c * yc, yi, n_inner, hi[c],
-                                           lo[c], scale_f[c], shift_f[c], stream)
+                            affine_run(px + n * so + c * sc, si, py + n * yo + c * yc, yi, n_inner, hi[c], lo[c],
+                                       scale_f[c], shift_f[c], stream)
                     if stream:
                         stream_fence()
             else:
@@ -1090,13 +1094,9 @@ cdef int input_gradient_into(const floating* pg, Strides3 gs, const floating* px
                         n = item // n_chunks
                         c0 = (item - n * n_chunks) * k
                         for c in range(c0, min(c0 + k, C)):
-                            if gi == 1 and si == 1 and di == 1 and not stream:
-                                dx_values(pg + n * go + c * gc, px + n * so + c * sc, pd + n * do + c * dc, n_inner,
-                                          hi[c], lo[c], invstd_f[c], scale_f[c], coef_x_hat_f[c], coef_1_f[c])
-                            else:
-                                dx_run(pg + n * go + c * gc, gi, px + n * so + c * sc, si, pd + n * do + c * dc, di,
-                                       n_inner, hi[c], lo[c], invstd_f[c], scale_f[c], coef_x_hat_f[c], coef_1_f[c],
-                                       stream)
+                            dx_run(pg + n * go + c * gc, gi, px + n * so + c * sc, si, pd + n * do + c * dc, di,
+                                   n_inner, hi[c], lo[c], invstd_f[c], scale_f[c], coef_x_hat_f[c], coef_1_f[c],
+                                   stream)
                     if stream:
                         stream_fence()
             else:

@@ -164,23 +164,17 @@ cdef inline void contiguous_shifted_sums(const floating* p, Py_ssize_t n, double
 cdef inline void run_shifted_sums(const floating* p, Py_ssize_t n, Py_ssize_t stride, double shift,
                                   double* sum_d, double* sum_d2) noexcept nogil:
     """Add sum(d) and sum(d * d), d = p[i] - shift, over one strided run, in double."""
-    cdef double acc_d[LANES]
-    cdef double acc_d2[LANES]
-    cdef double d
+    cdef double d, acc_d = 0.0, acc_d2 = 0.0
     cdef Py_ssize_t i
-    cdef int k
     if stride == 1:
         contiguous_shifted_sums(p, n, shift, sum_d, sum_d2)
         return
-    for k in range(LANES):
-        acc_d[k] = 0.0
-        acc_d2[k] = 0.0
-    for i in range(n):
+    for i in range(n):  # (strided: one accumulator; the lanes are for loops the compiler vectorizes)
         d = p[i * stride] - shift
-        acc_d[0] += d
-        acc_d2[0] += d * d
-    sum_d[0] += fold_lanes(acc_d)
-    sum_d2[0] += fold_lanes(acc_d2)
+        acc_d += d
+        acc_d2 += d * d
+    sum_d[0] += acc_d
+    sum_d2[0] += acc_d2
 
 
 cdef inline void shifted_to_moments(double count, double shift, double sum_d, double sum_d2,
