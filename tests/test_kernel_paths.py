@@ -4,6 +4,7 @@ The kernels walk (outer, C, inner) views in one of several ways (src/_batch_norm
 put each one, and its chunk boundaries, under test in float64 where the tolerance is tight.
 """
 
+import numpy as np
 import pytest
 
 from bn_helpers import (KERNEL_NAMES, as_tuple, assert_results_close, call, copy_params, fast_and_reference,
@@ -21,6 +22,9 @@ PATHS = {
     "long-rows": ((3, 5, 9001), 1),
     # channels-last, C > 1: channel-minor blocks of >= 256 rows, merged 64 channels at a time (130 = 2*64 + 2).
     "channels-last": ((300, 130), 1),
+    # channels-last with rows of at most 2 KiB: the gradient sums go down the rows in strips of 64 channels
+    # (200 = a head up to the first cache line, whole strips, a tail).
+    "channels-last-strips": ((700, 200), -1),
     # few channels: packed tiles, blocks of 5461 rows (16384 // 3), here three of them.
     "channels-last-few": ((12000, 3), -1),
     # one channel, inner == 1: turned into one long run.
@@ -40,3 +44,23 @@ def test_each_traversal_matches_reference(name, path, dtype, rng):
     actual = as_tuple(call(fast, copy_params(params)))
     expected = as_tuple(call(reference, copy_params(params)))
     assert_results_close(name, actual, expected, params, what=path)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 5, 12], ids=lambda k: f"offset{k}")
+def test_gradient_strips_from_any_cache_line_offset(offset, dtype, rng):
+    # The strips start at dy's first cache-line boundary: each offset of the data from a line gives another
+    # split into head, strips and tail; each must give the reference's sums.
+    n_rows, n_channels = 600, 150
+    x = random_x((n_rows, n_channels), 1, dtype, rng, offset=50.0, spread=3.0)
+    params = make_params("batch_norm_backward", x, 1, rng)
+    for key in ("dy", "x"):
+        buffer = np.empty(n_rows * n_channels + 32, dtype)
+        start = (-buffer.ctypes.data % 64) // buffer.itemsize + offset
+        view = buffer[start:start + n_rows * n_channels].reshape(n_rows, n_channels)
+        view[...] = params[key]
+        assert (view.ctypes.data - offset * view.itemsize) % 64 == 0
+        params[key] = view
+    fast, reference = fast_and_reference("batch_norm_backward")
+    actual = as_tuple(call(fast, params))  # (the backward does not write its inputs; copies would move them)
+    expected = as_tuple(call(reference, copy_params(params)))
+    assert_results_close("batch_norm_backward", actual, expected, params, what=f"offset {offset}")
