@@ -131,6 +131,23 @@ cdef inline double fold_lanes(const double* acc) noexcept nogil:
     return half[0]
 
 
+cdef inline double lane_total(const double* p, Py_ssize_t n) noexcept nogil:
+    """sum(p[:n]) in LANES fixed lanes, folded pairwise: one association in every build, in a loop the compiler
+    vectorizes (an ordered sum is a chain of dependent additions: 20% of the statistics of 14x14 maps)."""
+    cdef double acc[LANES]
+    cdef Py_ssize_t i, v, n_vec = n - n % LANES
+    cdef int k
+    for k in range(LANES):
+        acc[k] = 0.0
+    for v in range(n_vec // LANES):
+        i = v * LANES
+        for k in range(LANES):
+            acc[k] += p[i + k]
+    for i in range(n_vec, n):
+        acc[i - n_vec] += p[i]
+    return fold_lanes(acc)
+
+
 cdef inline void contiguous_shifted_sums(const floating* p, Py_ssize_t n, double shift, double* sum_d,
                                          double* sum_d2) noexcept nogil:
     """Add sum(d) and sum(d * d), d = p[i] - shift, over one contiguous run, in double with fixed lanes."""
