@@ -16,6 +16,8 @@ SHAPES = {
     "many-channels": ((48, 700), 1),
     "few-channels-long-batch": ((40000, 3), 1),
     "channels-last": ((32, 16, 16, 5), -1),
+    # rows of 200 channels, under 2 KiB apart: the gradient sums' register strips
+    "channels-last-strips": ((20, 6, 5, 200), -1),
     "NCHW": ((32, 3, 20, 20), 1),
     "NCHW-short-rows": ((40, 21, 7, 7), 1),
     "NCHW-long-rows": ((3, 2, 9000), 1),
