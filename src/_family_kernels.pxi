@@ -19,7 +19,7 @@ from libc.stdlib cimport free
 from _entry cimport checked_malloc, optional_data
 
 from _moments cimport (BLOCK, HALF_LANES, LANES, Block, BlockPlan, Moments, block_moments, chan_merge,
-                       contiguous_shifted_sums, fold_lanes, make_plan, plan_block, shifted_to_moments)
+                       fold_lanes, make_plan, plan_block, run_shifted_sums, shifted_to_moments)
 from _affine cimport affine_run, split_mean_value
 from _stream cimport STAGE, piece_length, stream_fence, stream_output, stream_values
 from _parallel cimport kernel_threads
@@ -205,7 +205,7 @@ cdef void rows_stats(const floating* px, Py_ssize_t xs, Py_ssize_t n_rows, Py_ss
         mean_out[r] = px[r * xs]  # the shift: the row's first value, as block_moments takes it
         var_out[r] = 0.0
         invstd_out[r] = 0.0
-        contiguous_shifted_sums(px + r * xs, length, mean_out[r], &var_out[r], &invstd_out[r])
+        run_shifted_sums(px + r * xs, length, 1, mean_out[r], &var_out[r], &invstd_out[r])
     for r in range(n_rows):
         shifted_to_moments(count, mean_out[r], var_out[r], invstd_out[r], &m.mean, &m.m2)
         store_row_stats(m, eps, &mean_out[r], &var_out[r], &invstd_out[r])
