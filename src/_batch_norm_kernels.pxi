@@ -935,6 +935,11 @@ cdef enum:
     STRIP_AHEAD = 8
 
 
+cdef inline bint rows_apart(Py_ssize_t go, Py_ssize_t so, Py_ssize_t item_size) noexcept nogil:
+    # Rows of dy or x more than STRIP_ROW_BYTES apart (strides in either direction).
+    return max(abs(go), abs(so)) * item_size > STRIP_ROW_BYTES
+
+
 cdef inline Py_ssize_t lanes_before_line(const void* p, Py_ssize_t item_size) noexcept nogil:
     # Lanes from p up to the next cache-line boundary.
     return ((-<size_t>p) % CACHE_LINE) // item_size
@@ -962,7 +967,7 @@ cdef void lane_gradient_sums(const floating* dy, Py_ssize_t go, const floating* 
     cdef Py_ssize_t head = lanes_before_line(dy, sizeof(floating))
     cdef Py_ssize_t k0, r, j, n_strips, end
     cdef int k
-    if not REGISTER_STRIPS or max(go, so) * <Py_ssize_t>sizeof(floating) > STRIP_ROW_BYTES or width < STRIP:
+    if not REGISTER_STRIPS or rows_apart(go, so, sizeof(floating)) or width < STRIP:
         lane_gradient_rows(dy, go, x, so, n_rows, width, mean, sum_dy, sum_dy_xmu)
         return
     if width - head < 2 * STRIP:
@@ -1002,7 +1007,7 @@ cdef void lane_gradient_rows(const floating* dy, Py_ssize_t go, const floating* 
     accumulators, others two: four were 1.2x faster on 64x256x14x14 and 128x512x7x7 NCHW and 1.2x slower on
     channels-last rows of 32 channels.
     """
-    cdef Py_ssize_t visit = 4 if max(go, so) * <Py_ssize_t>sizeof(floating) > STRIP_ROW_BYTES else 2
+    cdef Py_ssize_t visit = 4 if rows_apart(go, so, sizeof(floating)) else 2
     cdef double acc_g[LANE_CHUNK]
     cdef double acc_gx[LANE_CHUNK]
     cdef double center[LANE_CHUNK]

@@ -9,6 +9,7 @@ import pytest
 
 from bn_helpers import (KERNEL_NAMES, as_tuple, assert_results_close, call, copy_params, fast_and_reference,
                         make_params, random_x)
+from bnext import reference
 
 PATHS = {
     # inner <= 256: per-position lanes, 8 channels per work item (21 = 2 full chunks + 5).
@@ -64,3 +65,18 @@ def test_gradient_strips_from_any_cache_line_offset(offset, dtype, rng):
     actual = as_tuple(call(fast, params))  # (the backward does not write its inputs; copies would move them)
     expected = as_tuple(call(reference, copy_params(params)))
     assert_results_close("batch_norm_backward", actual, expected, params, what=f"offset {offset}")
+
+
+@pytest.mark.parametrize("step", [-1, 2, -3], ids=lambda s: f"rows[::{s}]")
+def test_gradient_strips_over_strided_rows(step, dtype, rng):
+    # Row strides of either sign reach the strips as they are (the views are not copied).
+    n_channels = 150
+    x_full = random_x((900, n_channels), 1, dtype, rng, offset=50.0, spread=3.0)
+    params = make_params("batch_norm_backward", x_full, 1, rng)
+    params["x"] = params["x"][::step]
+    params["dy"] = params["dy"][::step]
+    params["mean"], params["invstd"] = reference.batch_norm_train(params["x"], axis=1)[1:]
+    fast, ref = fast_and_reference("batch_norm_backward")
+    actual = as_tuple(call(fast, params))
+    expected = as_tuple(call(ref, copy_params(params)))
+    assert_results_close("batch_norm_backward", actual, expected, params, what=f"rows[::{step}]")
