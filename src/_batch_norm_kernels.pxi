@@ -937,7 +937,9 @@ cdef enum:
 
 cdef inline bint rows_apart(Py_ssize_t go, Py_ssize_t so, Py_ssize_t item_size) noexcept nogil:
     # Rows of dy or x more than STRIP_ROW_BYTES apart (strides in either direction).
-    return max(abs(go), abs(so)) * item_size > STRIP_ROW_BYTES
+    cdef Py_ssize_t g = go if go >= 0 else -go
+    cdef Py_ssize_t s = so if so >= 0 else -so
+    return max(g, s) * item_size > STRIP_ROW_BYTES
 
 
 cdef inline Py_ssize_t lanes_before_line(const void* p, Py_ssize_t item_size) noexcept nogil:
