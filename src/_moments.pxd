@@ -148,6 +148,63 @@ cdef inline double lane_total(const double* p, Py_ssize_t n) noexcept nogil:
     return fold_lanes(acc)
 
 
+cdef extern from *:
+    """
+    /* acc_d[k] += d, acc_d2[k] += d * d for d = p[i + k] - shift, k < 16, over the first n_vec (a multiple of
+       16) values: lane k adds positions k, k + 16, ... in order. GCC's vector types hold the 16 lanes in two
+       zmm (AVX-512) or four 4-wide vectors (ymm, or xmm pairs) per sum, whatever the build; written as array
+       loops, the same lanes were vectorized or left half scalar depending on where GCC inlined them (a
+       1.6x swing on the same kernel between two modules). Elementwise, without contraction: the same bits
+       as the scalar lanes. */
+    #if defined(__GNUC__)
+    #if defined(__AVX512F__)
+    #define BNEXT_VW 8  /* doubles per vector: the widest the build has (wider ones lowered badly on AVX2) */
+    #else
+    #define BNEXT_VW 4
+    #endif
+    #define BNEXT_NV (16 / BNEXT_VW)
+    typedef double bnext_vd __attribute__((vector_size(BNEXT_VW * 8)));
+    typedef float bnext_vf __attribute__((vector_size(BNEXT_VW * 4)));
+    #define BNEXT_SHIFTED_LANES(NAME, T, LOAD)                                                         \
+    static inline void NAME(const T* p, Py_ssize_t n_vec, double shift, double* acc_d, double* acc_d2) { \
+        bnext_vd sum1[BNEXT_NV], sum2[BNEXT_NV], s, a;                                                  \
+        Py_ssize_t i;                                                                                   \
+        int j;                                                                                          \
+        for (j = 0; j < BNEXT_VW; j++) s[j] = shift;                                                    \
+        __builtin_memcpy(sum1, acc_d, 128);                                                             \
+        __builtin_memcpy(sum2, acc_d2, 128);                                                            \
+        for (i = 0; i < n_vec; i += 16) {                                                               \
+            for (j = 0; j < BNEXT_NV; j++) {                                                            \
+                LOAD(a, p + i + j * BNEXT_VW);                                                          \
+                a -= s;                                                                                 \
+                sum1[j] += a;                                                                           \
+                sum2[j] += a * a;                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+        __builtin_memcpy(acc_d, sum1, 128);                                                             \
+        __builtin_memcpy(acc_d2, sum2, 128);                                                            \
+    }
+    /* Loads as macros: a function returning a wide vector draws -Wpsabi in builds without that width. */
+    #define bnext_load_f32(dst, q) \
+        do { bnext_vf f_; __builtin_memcpy(&f_, (q), sizeof f_); (dst) = __builtin_convertvector(f_, bnext_vd); } while (0)
+    #define bnext_load_f64(dst, q) __builtin_memcpy(&(dst), (q), sizeof(dst))
+    #else
+    #define BNEXT_SHIFTED_LANES(NAME, T, LOAD8)                                                        \
+    static inline void NAME(const T* p, Py_ssize_t n_vec, double shift, double* acc_d, double* acc_d2) { \
+        Py_ssize_t i; int k; double d;                                                                  \
+        for (i = 0; i < n_vec; i += 16)                                                                 \
+            for (k = 0; k < 16; k++) { d = (double)p[i + k] - shift; acc_d[k] += d; acc_d2[k] += d * d; } \
+    }
+    #endif
+    BNEXT_SHIFTED_LANES(bnext_shifted_lanes_f32, float, bnext_load_f32)
+    BNEXT_SHIFTED_LANES(bnext_shifted_lanes_f64, double, bnext_load_f64)
+    """
+    void shifted_lanes_f32 "bnext_shifted_lanes_f32"(const float* p, Py_ssize_t n_vec, double shift,
+                                                      double* acc_d, double* acc_d2) noexcept nogil
+    void shifted_lanes_f64 "bnext_shifted_lanes_f64"(const double* p, Py_ssize_t n_vec, double shift,
+                                                      double* acc_d, double* acc_d2) noexcept nogil
+
+
 cdef inline void run_shifted_sums(const floating* p, Py_ssize_t n, Py_ssize_t stride, double shift,
                                   double* sum_d, double* sum_d2) noexcept nogil:
     """Add sum(d) and sum(d * d), d = p[i] - shift, over one strided run, in double."""
@@ -163,17 +220,10 @@ cdef inline void run_shifted_sums(const floating* p, Py_ssize_t n, Py_ssize_t st
     # vectorized that loop where this one is inlined into the batch-norm row loops (statistics of
     # 64x196x768: 2.0 -> 5.7 ms).
     if stride == 1:
-        for v in range(n_vec // LANES):
-            i = v * LANES
-            # Two half-width loops: GCC vectorizes these, but not one 16-wide loop with two accumulators.
-            for k in range(HALF_LANES):
-                d = p[i + k] - shift
-                acc_d[k] += d
-                acc_d2[k] += d * d
-            for k in range(HALF_LANES, LANES):
-                d = p[i + k] - shift
-                acc_d[k] += d
-                acc_d2[k] += d * d
+        if floating is float:
+            shifted_lanes_f32(p, n_vec, shift, acc_d, acc_d2)
+        else:
+            shifted_lanes_f64(p, n_vec, shift, acc_d, acc_d2)
         for i in range(n_vec, n):
             d = p[i] - shift
             acc_d[i - n_vec] += d
