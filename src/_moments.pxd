@@ -171,8 +171,8 @@ cdef extern from *:
         Py_ssize_t i;                                                                                   \
         int j;                                                                                          \
         for (j = 0; j < BNEXT_VW; j++) s[j] = shift;                                                    \
-        __builtin_memcpy(sum1, acc_d, 128);                                                             \
-        __builtin_memcpy(sum2, acc_d2, 128);                                                            \
+        __builtin_memcpy(sum1, acc_d, sizeof sum1);                                                     \
+        __builtin_memcpy(sum2, acc_d2, sizeof sum2);                                                    \
         for (i = 0; i < n_vec; i += 16) {                                                               \
             for (j = 0; j < BNEXT_NV; j++) {                                                            \
                 LOAD(a, p + i + j * BNEXT_VW);                                                          \
@@ -181,15 +181,15 @@ cdef extern from *:
                 sum2[j] += a * a;                                                                       \
             }                                                                                           \
         }                                                                                               \
-        __builtin_memcpy(acc_d, sum1, 128);                                                             \
-        __builtin_memcpy(acc_d2, sum2, 128);                                                            \
+        __builtin_memcpy(acc_d, sum1, sizeof sum1);                                                     \
+        __builtin_memcpy(acc_d2, sum2, sizeof sum2);                                                    \
     }
     /* Loads as macros: a function returning a wide vector draws -Wpsabi in builds without that width. */
     #define bnext_load_f32(dst, q) \
         do { bnext_vf f_; __builtin_memcpy(&f_, (q), sizeof f_); (dst) = __builtin_convertvector(f_, bnext_vd); } while (0)
     #define bnext_load_f64(dst, q) __builtin_memcpy(&(dst), (q), sizeof(dst))
     #else
-    #define BNEXT_SHIFTED_LANES(NAME, T, LOAD8)                                                        \
+    #define BNEXT_SHIFTED_LANES(NAME, T, LOAD)                                                         \
     static inline void NAME(const T* p, Py_ssize_t n_vec, double shift, double* acc_d, double* acc_d2) { \
         Py_ssize_t i; int k; double d;                                                                  \
         for (i = 0; i < n_vec; i += 16)                                                                 \
@@ -210,29 +210,28 @@ cdef inline void run_shifted_sums(const floating* p, Py_ssize_t n, Py_ssize_t st
     """Add sum(d) and sum(d * d), d = p[i] - shift, over one strided run, in double."""
     cdef double acc_d[LANES]
     cdef double acc_d2[LANES]
-    cdef double d
-    cdef Py_ssize_t i, v, n_vec = n - n % LANES
+    cdef double d, one_d = 0.0, one_d2 = 0.0
+    cdef Py_ssize_t i, n_vec = n - n % LANES
     cdef int k
+    if stride != 1:  # (strided: one accumulator; the lanes are for contiguous runs)
+        for i in range(n):
+            d = p[i * stride] - shift
+            one_d += d
+            one_d2 += d * d
+        sum_d[0] += one_d
+        sum_d2[0] += one_d2
+        return
     for k in range(LANES):
         acc_d[k] = 0.0
         acc_d2[k] = 0.0
-    # One function for both cases: with its contiguous loop split into a function of its own, GCC no longer
-    # vectorized that loop where this one is inlined into the batch-norm row loops (statistics of
-    # 64x196x768: 2.0 -> 5.7 ms).
-    if stride == 1:
-        if floating is float:
-            shifted_lanes_f32(p, n_vec, shift, acc_d, acc_d2)
-        else:
-            shifted_lanes_f64(p, n_vec, shift, acc_d, acc_d2)
-        for i in range(n_vec, n):
-            d = p[i] - shift
-            acc_d[i - n_vec] += d
-            acc_d2[i - n_vec] += d * d
+    if floating is float:
+        shifted_lanes_f32(p, n_vec, shift, acc_d, acc_d2)
     else:
-        for i in range(n):
-            d = p[i * stride] - shift
-            acc_d[0] += d
-            acc_d2[0] += d * d
+        shifted_lanes_f64(p, n_vec, shift, acc_d, acc_d2)
+    for i in range(n_vec, n):
+        d = p[i] - shift
+        acc_d[i - n_vec] += d
+        acc_d2[i - n_vec] += d * d
     sum_d[0] += fold_lanes(acc_d)
     sum_d2[0] += fold_lanes(acc_d2)
 
