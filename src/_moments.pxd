@@ -152,15 +152,17 @@ cdef extern from *:
     """
     /* acc_d[k] += d, acc_d2[k] += d * d for d = p[i + k] - shift, k < 16, over the first n_vec (a multiple of
        16) values: lane k adds positions k, k + 16, ... in order. GCC's vector types hold the 16 lanes in two
-       zmm (AVX-512) or four 4-wide vectors (ymm, or xmm pairs) per sum, whatever the build; written as array
+       zmm (AVX-512), four ymm (AVX2) or eight xmm (SSE2) per sum, whatever the build; written as array
        loops, the same lanes were vectorized or left half scalar depending on where GCC inlined them (a
        1.6x swing on the same kernel between two modules). Elementwise, without contraction: the same bits
        as the scalar lanes. */
     #if defined(__GNUC__)
     #if defined(__AVX512F__)
-    #define BNEXT_VW 8  /* doubles per vector: the widest the build has (wider ones lowered badly on AVX2) */
-    #else
+    #define BNEXT_VW 8  /* doubles per vector: the build's register width (wider ones were lowered badly) */
+    #elif defined(__AVX__)
     #define BNEXT_VW 4
+    #else
+    #define BNEXT_VW 2
     #endif
     #define BNEXT_NV (16 / BNEXT_VW)
     typedef double bnext_vd __attribute__((vector_size(BNEXT_VW * 8)));
@@ -184,9 +186,24 @@ cdef extern from *:
         __builtin_memcpy(acc_d, sum1, sizeof sum1);                                                     \
         __builtin_memcpy(acc_d2, sum2, sizeof sum2);                                                    \
     }
-    /* Loads as macros: a function returning a wide vector draws -Wpsabi in builds without that width. */
+    /* Loads as macros: a function returning a wide vector draws -Wpsabi in builds without that width. The
+       float -> double conversion is the one instruction of each x86 level: GCC lowers __builtin_convertvector
+       of 8 floats (AVX-512) or 4 (AVX2) to two half conversions and an insert per vector, which made the
+       loop 1.3-1.6x slower in cache. */
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    #define bnext_load_f32(dst, q) ((dst) = (bnext_vd)_mm512_cvtps_pd(_mm256_loadu_ps(q)))
+    #elif defined(__AVX__)
+    #include <immintrin.h>
+    #define bnext_load_f32(dst, q) ((dst) = (bnext_vd)_mm256_cvtps_pd(_mm_loadu_ps(q)))
+    #elif defined(__SSE2__)
+    #include <emmintrin.h>
+    #define bnext_load_f32(dst, q) \
+        ((dst) = (bnext_vd)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)(q)))))
+    #else
     #define bnext_load_f32(dst, q) \
         do { bnext_vf f_; __builtin_memcpy(&f_, (q), sizeof f_); (dst) = __builtin_convertvector(f_, bnext_vd); } while (0)
+    #endif
     #define bnext_load_f64(dst, q) __builtin_memcpy(&(dst), (q), sizeof(dst))
     #else
     #define BNEXT_SHIFTED_LANES(NAME, T, LOAD)                                                         \
