@@ -121,9 +121,15 @@ class BuildExtWithOpenMP(build_ext):
             threaded = use_openmp and ext.name not in SERIAL_BUILDS
             flags = optimise + simd + (compile_flags if threaded else [])
             ext.extra_compile_args += flags
-            # For bnext.show_config(): the flags as bare tokens, which the C preprocessor turns into a string
-            # (no quotes on the command line, whose escaping differs between compilers and shells).
-            ext.define_macros.append(("BNEXT_BUILD_FLAGS_TOKENS", " ".join(flags)))
+            # For bnext.show_config(): the flags as a string literal. setuptools runs gcc/clang without a
+            # shell, so the quotes reach the compiler as written. As bare tokens stringized by the
+            # preprocessor, macros among them were expanded (-fno-math-errno came out as
+            # -fno-math-(*__errno_location ())); MSVC, whose quoting differs and whose flags hold no such
+            # names, still gets tokens.
+            if msvc:
+                ext.define_macros.append(("BNEXT_BUILD_FLAGS_TOKENS", " ".join(flags)))
+            else:
+                ext.define_macros.append(("BNEXT_BUILD_FLAGS_STRING", '"' + " ".join(flags) + '"'))
             ext.extra_link_args += link_flags if threaded else []
             ext.define_macros.append(("BNEXT_OPENMP", "1" if threaded else "0"))
         super().build_extensions()

@@ -31,7 +31,9 @@ from _moments cimport (BLOCK, Block, BlockPlan, Moments, block_moments, chan_mer
 
 cdef extern from *:
     """
-    #ifdef BNEXT_BUILD_FLAGS_TOKENS
+    #if defined(BNEXT_BUILD_FLAGS_STRING)
+    #define BNEXT_BUILD_FLAGS BNEXT_BUILD_FLAGS_STRING
+    #elif defined(BNEXT_BUILD_FLAGS_TOKENS)
     #define BNEXT_STRINGIZE(tokens) #tokens
     #define BNEXT_EXPAND_AND_STRINGIZE(macro) BNEXT_STRINGIZE(macro)
     #define BNEXT_BUILD_FLAGS BNEXT_EXPAND_AND_STRINGIZE(BNEXT_BUILD_FLAGS_TOKENS)

@@ -141,6 +141,9 @@ def test_show_config_names_compiler_and_flags():
         assert info["compiler"].startswith(("gcc", "clang")), info["compiler"]
     if _runtime.openmp_enabled() and sys.platform.startswith("linux"):
         assert "-fopenmp" in info["flags"]
+    if sys.platform != "win32":
+        # Each flag as written (stringized as preprocessor tokens, -fno-math-errno came out macro-expanded).
+        assert {"-ffp-contract=off", "-fno-math-errno"} <= set(info["flags"].split()), info["flags"]
     if sys.platform == "win32":  # MSVC: the flags reach show_config as preprocessor tokens too
         assert "/O2" in info["flags"], info["flags"]
     if _dispatch.simd_path == "avx512":
