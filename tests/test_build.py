@@ -144,7 +144,7 @@ def test_show_config_names_compiler_and_flags():
     if sys.platform != "win32":
         # Each flag as written (stringized as preprocessor tokens, -fno-math-errno came out macro-expanded).
         assert {"-ffp-contract=off", "-fno-math-errno"} <= set(info["flags"].split()), info["flags"]
-    if sys.platform == "win32":  # MSVC: the flags reach show_config as preprocessor tokens too
+    if sys.platform == "win32":  # MSVC: the flags reach show_config as preprocessor tokens
         assert "/O2" in info["flags"], info["flags"]
     if _dispatch.simd_path == "avx512":
         assert "-mavx512f" in info["flags"]
